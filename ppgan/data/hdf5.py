@@ -1,0 +1,290 @@
+"""Reading and validating the paper's HDF5 format (`images`, `id`, `dis`, `set`, `masks`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor
+
+from ppgan.errors import PpganError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+# The original README's convention; `dataset.split_codes` maps others (the original *code* reads
+# 1 as test and 2 as validation, see METHOD.md "Known defects").
+DEFAULT_SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+_CHUNK = 4096  # images per read when validating or loading, bounds peak memory
+
+
+def _fail(path: Path, key: str, problem: str) -> PpganError:
+    return PpganError(f"{path}: key '{key}': {problem}")
+
+
+def _read_labels(f: h5py.File, path: Path, key: str, n: int) -> np.ndarray:
+    arr = f[key][()]
+    if arr.ndim != 1:
+        raise _fail(path, key, f"expected a 1-D array of length {n}, got shape {arr.shape}")
+    if len(arr) != n:
+        raise _fail(path, key, f"has {len(arr)} entries but 'images' has {n}")
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
+            raise _fail(path, key, "labels must be integers")
+    elif arr.dtype.kind not in "iub":
+        raise _fail(path, key, f"labels must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if n and arr.min() < 0:
+        raise _fail(path, key, f"labels must be >= 0, found {arr.min()}")
+    return arr
+
+
+def _contiguous(labels: np.ndarray, path: Path, key: str, remap: bool) -> tuple[np.ndarray, int]:
+    """Labels as 0..K-1. Gaps (e.g. ids {0, 3, 7}) are remapped with a warning, or refused."""
+    values = np.unique(labels)
+    if len(values) == 0 or values[-1] == len(values) - 1:
+        return labels, int(values[-1]) + 1 if len(values) else 0
+    if not remap:
+        raise _fail(
+            path,
+            key,
+            f"labels are not contiguous 0..K-1 (values {values[:10].tolist()}...)"
+            " ; set dataset.remap_labels=true to renumber them",
+        )
+    log.warning(
+        "%s: '%s' labels are not contiguous; renumbered %d values to 0..%d",
+        path,
+        key,
+        len(values),
+        len(values) - 1,
+    )
+    return np.searchsorted(values, labels), len(values)
+
+
+def _to_float(images: np.ndarray) -> Tensor:
+    """uint8 [0,255] or float [-1,1], (n,H,W[,C]) -> float32 [n,C,H,W] in [-1,1] (METHOD.md)."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = (x.float() - 127.5) / 127.5 if x.dtype == torch.uint8 else x.float()
+    if x.ndim == 3:
+        x = x.unsqueeze(-1)
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class ImageData:
+    """A validated data set. Labels and splits live in memory; images too when they fit.
+
+    Attributes:
+        shape: image shape (C, H, W).
+        n_ids: number of identities (0 when the file has no `id`, e.g. an anonymized export).
+        n_classes: number of disease classes.
+    """
+
+    path: Path
+    shape: tuple[int, int, int]
+    dis: Tensor
+    split: Tensor
+    ids: Tensor | None
+    n_ids: int
+    n_classes: int
+    images: Tensor | None = None  # [N, C, H, W] float in [-1, 1]; None when read lazily
+    masks: Tensor | None = None  # [N, 1, H, W] float {0, 1}; None = whole image is the ROI
+    has_masks: bool = False
+    source_dtype: str = "uint8"
+    _h5: h5py.File | None = field(default=None, repr=False)
+    _mask_h5: h5py.File | None = field(default=None, repr=False)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __len__(self) -> int:
+        return len(self.dis)
+
+    @property
+    def lazy(self) -> bool:
+        return self.images is None
+
+    def to(self, device: torch.device | str) -> ImageData:
+        """Move the in-memory arrays to `device` once, so training never copies from the host."""
+        self.device = torch.device(device)
+        for name in ("images", "masks", "dis", "split", "ids"):
+            if (t := getattr(self, name)) is not None:
+                setattr(self, name, t.to(self.device))
+        return self
+
+    def indices(self, split: str) -> Tensor:
+        if split not in SPLITS:
+            raise PpganError(f"unknown split '{split}' (choose from {list(SPLITS)})")
+        return torch.nonzero(self.split == SPLITS.index(split)).flatten()
+
+    def require_ids(self, task: str) -> Tensor:
+        if self.ids is None:
+            raise PpganError(
+                f"{self.path}: key 'id': {task} needs identity labels, the file has none"
+            )
+        return self.ids
+
+    def batch(self, idx: Tensor) -> dict[str, Tensor]:
+        """Images, masks and labels of `idx`, on `self.device`."""
+        if self.lazy:
+            order = np.sort(idx.cpu().numpy())  # h5py reads need increasing indices
+            images = _to_float(self._h5["images"][order]).to(self.device)
+            if self._mask_h5 is not None:
+                masks = torch.from_numpy(self._mask_h5["masks"][order] != 0)
+                masks = masks.float().unsqueeze(1).to(self.device)
+            else:
+                masks = None
+            idx = torch.as_tensor(order, device=self.device)
+        else:
+            idx = idx.to(self.device)
+            images, masks = self.images[idx], None if self.masks is None else self.masks[idx]
+        if masks is None:
+            masks = images.new_ones(images.shape[0], 1, *images.shape[2:])
+        out = {"images": images, "masks": masks, "dis": self.dis[idx], "index": idx}
+        if self.ids is not None:
+            out["id"] = self.ids[idx]
+        return out
+
+    def batches(
+        self,
+        split: str | Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> Iterator[dict[str, Tensor]]:
+        """Iterate over a split (or explicit indices) in batches."""
+        idx = self.indices(split) if isinstance(split, str) else split
+        if shuffle:
+            perm = torch.randperm(len(idx), generator=generator, device=generator.device)
+            idx = idx[perm.to(idx.device)]
+        stop = len(idx) - batch_size + 1 if drop_last else len(idx)
+        for start in range(0, max(stop, 0), batch_size):
+            yield self.batch(idx[start : start + batch_size])
+
+    def split_tensors(self, split: str) -> dict[str, Tensor]:
+        """A whole split at once (only for splits that fit in memory, e.g. evaluation sets)."""
+        return self.batch(self.indices(split))
+
+
+def load_images(
+    path: str | Path,
+    mask_path: str | Path | None = None,
+    split_codes: Mapping[str, int] | None = None,
+    remap_labels: bool = True,
+    require_splits: tuple[str, ...] = ("train", "val"),
+    in_memory_max_gb: float = 4.0,
+) -> ImageData:
+    """Open, validate and (when it fits) load an HDF5 data set.
+
+    Every problem is a `PpganError` naming the file, the key and what is wrong.
+
+    Args:
+        path: HDF5 with `images` (N,H,W[,C]) uint8 or float in [-1,1], `dis`, `set`, optional `id`
+            and `masks` (N,H,W).
+        mask_path: separate HDF5 with `masks`, overriding masks in `path`.
+        split_codes: the values of `set` meaning train / val / test.
+        remap_labels: renumber non-contiguous `id`/`dis` labels (with a warning), not refuse.
+        require_splits: splits that must not be empty.
+        in_memory_max_gb: larger image arrays (as float32) are read lazily, batch by batch.
+    """
+    path = Path(path)
+    codes = dict(split_codes or DEFAULT_SPLIT_CODES)
+    if not path.is_file():
+        raise PpganError(f"{path}: file does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise PpganError(f"{path}: cannot read as HDF5 ({exc})") from exc
+    for key in ("images", "dis", "set"):
+        if key not in f:
+            raise _fail(path, key, f"missing (the file has {sorted(f.keys())})")
+        if not isinstance(f[key], h5py.Dataset):
+            raise _fail(path, key, "is a group, expected an array")
+
+    ds = f["images"]
+    if ds.ndim not in (3, 4):
+        raise _fail(path, "images", f"expected (N,H,W) or (N,H,W,C), got shape {ds.shape}")
+    n, h, w = ds.shape[:3]
+    c = ds.shape[3] if ds.ndim == 4 else 1
+    if c not in (1, 3):
+        raise _fail(path, "images", f"expected 1 or 3 channels, got {c} (shape {ds.shape})")
+    if h != w or h % 16 or not 32 <= h <= 256:
+        raise _fail(
+            path, "images", f"images must be square, 32..256 px, a multiple of 16; got {h}x{w}"
+        )
+    if ds.dtype != np.uint8 and ds.dtype.kind != "f":
+        raise _fail(path, "images", f"expected uint8 or float in [-1,1], got dtype {ds.dtype}")
+    if n == 0:
+        raise _fail(path, "images", "is empty")
+
+    dis, n_classes = _contiguous(_read_labels(f, path, "dis", n), path, "dis", remap_labels)
+    if n_classes < 2:
+        log.warning("%s: 'dis' has a single class", path)
+    ids, n_ids = None, 0
+    if "id" in f:
+        ids, n_ids = _contiguous(_read_labels(f, path, "id", n), path, "id", remap_labels)
+    sets = _read_labels(f, path, "set", n)
+    if unknown := set(np.unique(sets).tolist()) - set(codes.values()):
+        raise _fail(path, "set", f"values {sorted(unknown)} are not in dataset.split_codes {codes}")
+    split = np.full(n, -1, dtype=np.int64)
+    for i, name in enumerate(SPLITS):
+        split[sets == codes[name]] = i
+    for name in require_splits:
+        if not (split == SPLITS.index(name)).any():
+            raise _fail(path, "set", f"the {name} split (set == {codes[name]}) is empty")
+
+    mask_file, mask_src = None, None
+    if mask_path is not None:
+        mask_src = Path(mask_path)
+        if not mask_src.is_file():
+            raise PpganError(f"{mask_src}: mask file does not exist (dataset.mask_path)")
+        try:
+            mask_file = h5py.File(mask_src, "r")
+        except OSError as exc:
+            raise PpganError(f"{mask_src}: cannot read as HDF5 ({exc})") from exc
+        if "masks" not in mask_file:
+            raise _fail(mask_src, "masks", "missing")
+    elif "masks" in f:
+        mask_file, mask_src = f, path
+    if mask_file is not None and mask_file["masks"].shape != (n, h, w):
+        raise _fail(
+            mask_src, "masks", f"expected shape {(n, h, w)}, got {mask_file['masks'].shape}"
+        )
+
+    data = ImageData(
+        path=path,
+        shape=(c, h, w),
+        dis=torch.from_numpy(dis),
+        split=torch.from_numpy(split),
+        ids=None if ids is None else torch.from_numpy(ids),
+        n_ids=n_ids,
+        n_classes=n_classes,
+        has_masks=mask_file is not None,
+        source_dtype=str(ds.dtype),
+    )
+    lazy = n * c * h * w * 4 > in_memory_max_gb * 2**30
+    chunks = []
+    for start in range(0, n, _CHUNK):
+        x = ds[start : start + _CHUNK]
+        if x.dtype.kind == "f" and (not np.isfinite(x).all() or np.abs(x).max() > 1.0 + 1e-6):
+            bad = (
+                "non-finite pixels" if not np.isfinite(x).all() else "float pixels outside [-1, 1]"
+            )
+            raise _fail(path, "images", f"{bad} (first chunk at image {start})")
+        if not lazy:
+            chunks.append(_to_float(x))
+    if lazy:
+        log.info("%s: %d images do not fit in %.1f GB, reading lazily", path, n, in_memory_max_gb)
+        data._h5, data._mask_h5 = f, mask_file
+    else:
+        data.images = torch.cat(chunks)
+        if mask_file is not None:
+            data.masks = torch.from_numpy(mask_file["masks"][()] != 0).float().unsqueeze(1)
+            if mask_file is not f:
+                mask_file.close()
+        f.close()
+    return data

@@ -1,0 +1,29 @@
+"""Run plumbing shared by every task: building, devices, seeding, checkpoints, logging."""
+
+from ppgan.engine.build import build, build_model, rebuild
+from ppgan.engine.checkpoint import load_checkpoint, load_frozen, save_checkpoint
+from ppgan.engine.context import (
+    RunContext,
+    Selection,
+    epoch_generator,
+    resolve_device,
+    restore,
+    seed_everything,
+    snapshot,
+)
+
+__all__ = [
+    "RunContext",
+    "Selection",
+    "epoch_generator",
+    "restore",
+    "snapshot",
+    "build",
+    "build_model",
+    "load_checkpoint",
+    "load_frozen",
+    "rebuild",
+    "resolve_device",
+    "save_checkpoint",
+    "seed_everything",
+]

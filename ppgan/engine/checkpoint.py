@@ -1,0 +1,75 @@
+"""Self-describing checkpoints: written atomically, read with `weights_only=True`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ppgan.engine.build import rebuild
+from ppgan.errors import PpganError
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write `payload` (plain containers and tensors only) to `path` via temp file + rename.
+
+    A run killed mid-write leaves the previous checkpoint intact.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, key: str = "checkpoint") -> dict[str, Any]:
+    """Read a checkpoint safely; a missing or unreadable file is a user error naming `key`."""
+    path = Path(path)
+    if not path.is_file():
+        raise PpganError(
+            f"{key}: checkpoint {path} does not exist (train it first or fix the path)"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt / foreign files
+        raise PpganError(f"{key}: cannot read checkpoint {path}: {exc}".splitlines()[0]) from exc
+
+
+def load_frozen(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    key: str = "checkpoint",
+    expect: dict[str, Any] | None = None,
+    which: str = "model",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained network from its checkpoint, frozen (eval mode, no gradients).
+
+    Args:
+        path: checkpoint written by a ppgan training task.
+        device: where to put the network.
+        key: config key the path came from, named in error messages.
+        expect: spec entries the network must match (e.g. `in_shape`, `n_classes`), so that a
+            network trained on other data fails with a clear message instead of a shape error.
+        which: which network of the checkpoint (`model`, `encoder`, ...).
+
+    Returns:
+        The frozen network and the full checkpoint dict.
+    """
+    ckpt = load_checkpoint(path, key)
+    if f"{which}_spec" not in ckpt:
+        raise PpganError(f"{key}: {path} holds no network '{which}' (keys: {sorted(ckpt)})")
+    spec = ckpt[f"{which}_spec"]
+    for name, want in (expect or {}).items():
+        have = spec.get(name)
+        if isinstance(want, tuple):
+            want = list(want)
+        if have != want:
+            raise PpganError(
+                f"{key}: {path} was trained with {name}={have}, but this data needs {name}={want}"
+            )
+    net = rebuild(spec)
+    net.load_state_dict(ckpt[which])
+    net.to(device).eval().requires_grad_(False)
+    return net, ckpt

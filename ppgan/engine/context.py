@@ -1,0 +1,222 @@
+"""The run context: device, seeding, TensorBoard, progress bars, checkpoints and final metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from ppgan.engine.checkpoint import load_checkpoint, save_checkpoint
+from ppgan.errors import PpganError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; an explicit `cuda` without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PpganError(f"trainer.device={name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise PpganError(f"trainer.device={name}: {exc}") from exc
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG a run touches; same seed on the same CPU gives the same metrics."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator for one epoch's shuffling/sampling, a function of (seed, epoch) only.
+
+    Because the order does not depend on how many epochs ran in this process, a resumed run
+    draws exactly the batches an uninterrupted run would have drawn.
+    """
+    g = torch.Generator(device=device)
+    g.manual_seed(seed * 100_003 + epoch)
+    return g
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The config groups that define a run, flattened to scalars for TensorBoard's HParams tab."""
+    out: dict[str, Any] = {"seed": cfg.seed}
+    for group in ("task", "model", "optimizer", "dataset"):
+        node = OmegaConf.to_container(cfg.get(group) or {}, resolve=True)
+        stack = [(group, node)]
+        while stack:
+            prefix, value = stack.pop()
+            if isinstance(value, dict):
+                stack.extend((f"{prefix}.{k}", v) for k, v in value.items())
+            elif isinstance(value, bool | int | float | str):
+                out[prefix] = value
+            else:
+                out[prefix] = str(value)
+    return out
+
+
+class RunContext:
+    """Everything a task's loop needs from its surroundings, bound to one Hydra run dir."""
+
+    def __init__(self, cfg: DictConfig, out_dir: Path):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(cfg.trainer.device)
+        self.seed = int(cfg.seed)
+        seed_everything(self.seed)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        amp = bool(cfg.trainer.amp) and self.device.type == "cuda"
+        self.amp_dtype = getattr(torch, cfg.trainer.amp_dtype) if amp else None
+        self._writer: SummaryWriter | None = None
+
+    @property
+    def writer(self) -> SummaryWriter:
+        if self._writer is None:
+            self._writer = SummaryWriter(str(self.out_dir / "tb"))
+        return self._writer
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision on CUDA when `trainer.amp=true` (bf16 by default: no loss scaler)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A loss scaler, active only for fp16 autocast (bf16 keeps fp32's exponent range)."""
+        return torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def progress(self, iterable: Iterable, **kwargs: Any) -> Iterator:
+        """A tqdm bar on a terminal, silent when stderr is not a TTY (logs, CI, multirun)."""
+        return tqdm(iterable, disable=None, dynamic_ncols=True, leave=False, **kwargs)
+
+    def save(self, name: str, payload: dict[str, Any]) -> Path:
+        path = self.ckpt_dir / f"{name}.pt"
+        save_checkpoint(path, payload)
+        return path
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """The `last.pt` of this run dir, if a previous (killed) run left one."""
+        path = self.ckpt_dir / "last.pt"
+        if not path.is_file():
+            return None
+        ckpt = load_checkpoint(path, "hydra.run.dir")
+        log.info("resuming from %s (epoch %s)", path, ckpt.get("epoch"))
+        return ckpt
+
+    def finish(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Write metrics.json and the HParams entry, close TensorBoard; returns the metrics."""
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if bad := [k for k, v in metrics.items() if not np.isfinite(v)]:
+            log.warning("non-finite final metrics: %s", bad)
+        write_json(self.out_dir / "metrics.json", metrics)
+        # run_name="." keeps the hparams entry in this job's own tb/ so multirun jobs compare.
+        self.writer.add_hparams(_flat_hparams(self.cfg), metrics, run_name=".")
+        self.writer.close()
+        self._writer = None
+        log.info("metrics: %s", json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+        log.info("run dir: %s", self.out_dir)
+        return metrics
+
+
+def require_finite(value: torch.Tensor, what: str) -> None:
+    """Stop a diverging run with a clear message (the last good checkpoint stays on disk)."""
+    if not torch.isfinite(value).all():
+        raise PpganError(f"training diverged: {what} is not finite; last good checkpoint kept")
+
+
+class Selection:
+    """Model selection and early stopping on a validation score (lower is better).
+
+    A score is a tuple compared lexicographically, e.g. `(1 - val_acc, val_loss)`: the best
+    accuracy, ties broken by the loss.
+    """
+
+    def __init__(self, patience: int, warmup: int = 0):
+        self.patience, self.warmup = patience, warmup
+        self.best: list[float] | None = None
+        self.best_epoch, self.bad_epochs = -1, 0
+
+    def update(self, score: tuple[float, ...], epoch: int) -> bool:
+        """Record `score` of `epoch`; True when it is a new best (never during the warm-up)."""
+        if epoch < self.warmup:
+            return False
+        if self.best is None or list(score) < self.best:
+            self.best, self.best_epoch, self.bad_epochs = list(score), epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.bad_epochs = (
+            state["best"],
+            state["best_epoch"],
+            state["bad_epochs"],
+        )
+
+
+def snapshot(
+    epoch: int,
+    nets: dict[str, tuple[torch.nn.Module, dict]],
+    opts: dict[str, torch.optim.Optimizer],
+    **extra: Any,
+) -> dict[str, Any]:
+    """A checkpoint payload: each net's state and spec, optimizers, epoch, RNG states."""
+    payload: dict[str, Any] = {"epoch": epoch, "rng": torch.get_rng_state(), **extra}
+    if torch.cuda.is_available():
+        payload["cuda_rng"] = torch.cuda.get_rng_state_all()
+    for name, (net, spec) in nets.items():
+        payload[name], payload[f"{name}_spec"] = net.state_dict(), spec
+    for name, opt in opts.items():
+        payload[f"{name}_opt"] = opt.state_dict()
+    return payload
+
+
+def restore(
+    ckpt: dict[str, Any],
+    nets: dict[str, tuple[torch.nn.Module, dict]],
+    opts: dict[str, torch.optim.Optimizer],
+) -> None:
+    """Load a `snapshot` back; refuse if the run dir's networks differ from the config's."""
+    for name, (net, spec) in nets.items():
+        if ckpt.get(f"{name}_spec") != spec:
+            raise PpganError(
+                f"hydra.run.dir: last.pt holds a different '{name}' network than the config asks "
+                "for; resume with the original overrides or use a new run dir"
+            )
+        net.load_state_dict(ckpt[name])
+    for name, opt in opts.items():
+        opt.load_state_dict(ckpt[f"{name}_opt"])
+    torch.set_rng_state(ckpt["rng"])
+    if "cuda_rng" in ckpt and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])

@@ -1,0 +1,1 @@
+"""Networks: recognition CNNs (classifier, siamese), the VAE-GAN (encoder, decoder, critic)."""

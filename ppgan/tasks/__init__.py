@@ -1,0 +1,27 @@
+"""One module per loop; `RUNNERS` maps `task.name` to `run(cfg, out_dir) -> metrics`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ppgan.errors import PpganError
+from ppgan.tasks import classify, synthesize
+
+Runner = Callable[[DictConfig, Path], dict[str, float]]
+
+RUNNERS: dict[str, Runner] = {
+    "synthesize": synthesize.run,
+    "disease": classify.run,
+    "identity": classify.run,
+}
+
+
+def run_task(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
+    """Dispatch to the loop that `cfg.task.name` selects."""
+    name = cfg.task.name
+    if name not in RUNNERS:
+        raise PpganError(f"task.name={name}: unknown task (choose from {sorted(RUNNERS)})")
+    return RUNNERS[name](cfg, Path(out_dir))

@@ -1,0 +1,118 @@
+"""Tasks `disease` and `identity`: the paper's recognition CNN (METHOD.md), trained with Adam,
+early stopping and best-validation checkpointing."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from ppgan.data import ImageData, load_dataset
+from ppgan.engine import (
+    RunContext,
+    Selection,
+    build,
+    build_model,
+    epoch_generator,
+    load_checkpoint,
+    restore,
+    snapshot,
+)
+from ppgan.engine.inference import collect
+from ppgan.metrics.classification import classification_metrics
+
+log = logging.getLogger(__name__)
+
+
+def labels_of(data: ImageData, label: str, task: str) -> tuple[str, int]:
+    """The batch key and class count of `label` ('dis' or 'id')."""
+    if label == "id":
+        data.require_ids(task)
+        return "id", data.n_ids
+    return "dis", data.n_classes
+
+
+def evaluate(model, data: ImageData, split: str, key: str, n_classes: int, batch_size: int) -> dict:
+    """Loss and classification metrics of `model` on a split."""
+    idx = data.indices(split)
+    logits = collect(model, data.batches(idx, batch_size))
+    labels = data.dis[idx] if key == "dis" else data.ids[idx]
+    metrics = classification_metrics(logits, labels, n_classes)
+    metrics["loss"] = float(F.cross_entropy(logits.float(), labels))
+    return metrics
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
+    ctx = RunContext(cfg, out_dir)
+    task = cfg.task
+    data = load_dataset(cfg.dataset, require_splits=("train", "val", "test")).to(ctx.device)
+    key, n_classes = labels_of(data, task.label, f"task={task.name}")
+    model, spec = build_model(cfg.model, in_shape=list(data.shape), n_classes=n_classes)
+    model.to(ctx.device)
+    opt = build(cfg.optimizer, params=model.parameters())
+    scaler = ctx.grad_scaler()
+    nets, opts = {"model": (model, spec)}, {"opt": opt}
+    select = Selection(task.patience)
+    start = 0
+    if ckpt := ctx.resume_state():
+        restore(ckpt, nets, opts)
+        select.load_state_dict(ckpt["selection"])
+        start = ckpt["epoch"]
+
+    n_train = len(data.indices("train"))
+    log.info(
+        "task=%s: %d classes, %d train images of shape %s on %s",
+        task.name,
+        n_classes,
+        n_train,
+        data.shape,
+        ctx.device,
+    )
+    bar = ctx.progress(range(start, task.epochs), desc=task.name, initial=start, total=task.epochs)
+    for epoch in bar:
+        if select.should_stop:
+            log.info("early stop at epoch %d (best epoch %d)", epoch, select.best_epoch)
+            break
+        model.train()
+        loss_sum = torch.zeros((), device=ctx.device)
+        correct = torch.zeros((), device=ctx.device)
+        gen = epoch_generator(ctx.seed, epoch, data.device)
+        for batch in data.batches("train", task.batch_size, shuffle=True, generator=gen):
+            with ctx.autocast():
+                logits = model(batch["images"])
+                loss = F.cross_entropy(logits.float(), batch[key])
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            # Accumulate on the device; the host reads once per epoch (one sync, not one a step).
+            loss_sum += loss.detach() * len(logits)
+            correct += (logits.argmax(1) == batch[key]).sum()
+        val = evaluate(model, data, "val", key, n_classes, cfg.trainer.eval_batch_size)
+        train_loss, train_acc = float(loss_sum) / n_train, float(correct) / n_train
+        for name, value in [
+            ("train/loss", train_loss),
+            ("train/acc", train_acc),
+            ("val/loss", val["loss"]),
+            ("val/acc", val["acc"]),
+        ]:
+            ctx.writer.add_scalar(name, value, epoch + 1)
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val['acc']:.3f}")
+        improved = select.update((1 - val["acc"], val["loss"]), epoch)
+        payload = snapshot(epoch + 1, nets, opts, selection=select.state_dict())
+        if improved:
+            ctx.save("best", payload)
+        ctx.save("last", payload)
+
+    best = load_checkpoint(ctx.ckpt_dir / "best.pt")
+    model.load_state_dict(best["model"])
+    test = evaluate(model, data, "test", key, n_classes, cfg.trainer.eval_batch_size)
+    val = evaluate(model, data, "val", key, n_classes, cfg.trainer.eval_batch_size)
+    metrics = {f"test/{k}": v for k, v in test.items()}
+    metrics.update(
+        {"val/acc": val["acc"], "best_epoch": select.best_epoch + 1, "chance": 1.0 / n_classes}
+    )
+    return ctx.finish(metrics)
