@@ -128,16 +128,18 @@ class ImageData:
         return self.ids
 
     def batch(self, idx: Tensor) -> dict[str, Tensor]:
-        """Images, masks and labels of `idx`, on `self.device`."""
+        """Images, masks and labels of `idx` (in that order), on `self.device`."""
         if self.lazy:
-            order = np.sort(idx.cpu().numpy())  # h5py reads need increasing indices
-            images = _to_float(self._h5["images"][order]).to(self.device)
+            # h5py reads need unique increasing indices; `inverse` restores the requested order.
+            order, inverse = np.unique(idx.cpu().numpy(), return_inverse=True)
+            inverse = torch.from_numpy(inverse)
+            images = _to_float(self._h5["images"][order])[inverse].to(self.device)
             if self._mask_h5 is not None:
-                masks = torch.from_numpy(self._mask_h5["masks"][order] != 0)
+                masks = torch.from_numpy(self._mask_h5["masks"][order] != 0)[inverse]
                 masks = masks.float().unsqueeze(1).to(self.device)
             else:
                 masks = None
-            idx = torch.as_tensor(order, device=self.device)
+            idx = idx.to(self.device)
         else:
             idx = idx.to(self.device)
             images, masks = self.images[idx], None if self.masks is None else self.masks[idx]

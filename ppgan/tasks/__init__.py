@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ppgan.errors import PpganError
-from ppgan.tasks import classify, synthesize
+from ppgan.tasks import classify, siamese, synthesize
 
 Runner = Callable[[DictConfig, Path], dict[str, float]]
 
@@ -16,6 +16,7 @@ RUNNERS: dict[str, Runner] = {
     "synthesize": synthesize.run,
     "disease": classify.run,
     "identity": classify.run,
+    "siamese": siamese.run,
 }
 
 
