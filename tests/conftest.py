@@ -60,3 +60,23 @@ def valid_arrays() -> dict[str, np.ndarray]:
         "set": np.tile([0, 0, 0, 0, 1, 2], 3),
         "masks": np.ones((n, 32, 32), dtype=np.uint8),
     }
+
+
+@pytest.fixture(scope="session")
+def judges(tmp_path_factory, data_dir) -> dict[str, Path]:
+    """Tiny trained disease, identity and siamese checkpoints, shared by the GAN tests."""
+    root = tmp_path_factory.mktemp("judges")
+    paths = {}
+    for task, extra in [
+        ("disease", ["task.epochs=6"]),
+        ("identity", ["task.epochs=12"]),
+        ("siamese", ["task.epochs=3", "task.pairs.max_positive=300"]),
+    ]:
+        cfg = make_cfg(f"paths.data_dir={data_dir}", f"task={task}", *extra)
+        run_task(cfg, root / task)
+        paths[task] = root / task / "checkpoints" / "best.pt"
+    return paths
+
+
+def judge_overrides(judges: dict[str, Path]) -> list[str]:
+    return [f"task.{name}_ckpt={path}" for name, path in judges.items()]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,9 +98,11 @@ class ImageData:
     masks: Tensor | None = None  # [N, 1, H, W] float {0, 1}; None = whole image is the ROI
     has_masks: bool = False
     source_dtype: str = "uint8"
+    source_rank: int = 4  # 3 for (N,H,W) files: exports keep the layout
     _h5: h5py.File | None = field(default=None, repr=False)
     _mask_h5: h5py.File | None = field(default=None, repr=False)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    split_codes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SPLIT_CODES))
 
     def __len__(self) -> int:
         return len(self.dis)
@@ -119,6 +123,10 @@ class ImageData:
         if split not in SPLITS:
             raise PpganError(f"unknown split '{split}' (choose from {list(SPLITS)})")
         return torch.nonzero(self.split == SPLITS.index(split)).flatten()
+
+    def split_code(self, split: Tensor) -> Tensor:
+        """Canonical split indices (0 train, 1 val, 2 test) -> this file's `set` values."""
+        return torch.tensor([self.split_codes[s] for s in SPLITS], device=split.device)[split]
 
     def require_ids(self, task: str) -> Tensor:
         if self.ids is None:
@@ -267,6 +275,8 @@ def load_images(
         n_classes=n_classes,
         has_masks=mask_file is not None,
         source_dtype=str(ds.dtype),
+        source_rank=ds.ndim,
+        split_codes=codes,
     )
     lazy = n * c * h * w * 4 > in_memory_max_gb * 2**30
     chunks = []
@@ -290,3 +300,20 @@ def load_images(
                 mask_file.close()
         f.close()
     return data
+
+
+@contextlib.contextmanager
+def atomic_h5(path: Path) -> Iterator[h5py.File]:
+    """An HDF5 file written under a temp name and renamed into place only when complete.
+
+    A crash or error leaves no half-written file at `path` (and an existing one untouched).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w", track_order=False) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

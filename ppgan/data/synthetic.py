@@ -18,14 +18,13 @@ Same seed and spec -> byte-identical file.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from hashlib import sha1
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from ppgan.data.hdf5 import atomic_h5
 from ppgan.errors import PpganError
 
 
@@ -210,18 +209,11 @@ def generate(spec: SyntheticIrisSpec) -> dict[str, np.ndarray]:
 
 
 def write_hdf5(arrays: dict[str, np.ndarray], path: Path) -> Path:
-    """Write arrays atomically (temp file + rename), without timestamps: reproducible bytes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w", track_order=False) as f:
-            for key, value in arrays.items():
-                f.create_dataset(key, data=value, track_times=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write arrays atomically, without timestamps: same arrays -> same bytes."""
+    with atomic_h5(path) as f:
+        for key, value in arrays.items():
+            f.create_dataset(key, data=value, track_times=False)
+    return Path(path)
 
 
 def synthesize(spec: SyntheticIrisSpec, path: Path) -> Path:

@@ -1,7 +1,7 @@
 """Run plumbing shared by every task: building, devices, seeding, checkpoints, logging."""
 
 from ppgan.engine.build import build, build_model, rebuild
-from ppgan.engine.checkpoint import load_checkpoint, load_frozen, save_checkpoint
+from ppgan.engine.checkpoint import frozen_from, load_checkpoint, load_frozen, save_checkpoint
 from ppgan.engine.context import (
     RunContext,
     Selection,
@@ -16,6 +16,7 @@ __all__ = [
     "RunContext",
     "Selection",
     "epoch_generator",
+    "frozen_from",
     "restore",
     "snapshot",
     "build",

@@ -58,8 +58,19 @@ def load_frozen(
         The frozen network and the full checkpoint dict.
     """
     ckpt = load_checkpoint(path, key)
+    return frozen_from(ckpt, which, device, f"{key}: {path}", expect), ckpt
+
+
+def frozen_from(
+    ckpt: dict[str, Any],
+    which: str,
+    device: torch.device | str = "cpu",
+    where: str = "checkpoint",
+    expect: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Rebuild network `which` of a loaded checkpoint, frozen; see `load_frozen`."""
     if f"{which}_spec" not in ckpt:
-        raise PpganError(f"{key}: {path} holds no network '{which}' (keys: {sorted(ckpt)})")
+        raise PpganError(f"{where} holds no network '{which}' (keys: {sorted(ckpt)})")
     spec = ckpt[f"{which}_spec"]
     for name, want in (expect or {}).items():
         have = spec.get(name)
@@ -67,9 +78,9 @@ def load_frozen(
             want = list(want)
         if have != want:
             raise PpganError(
-                f"{key}: {path} was trained with {name}={have}, but this data needs {name}={want}"
+                f"{where} was trained with {name}={have}, but this data needs {name}={want}"
             )
     net = rebuild(spec)
     net.load_state_dict(ckpt[which])
     net.to(device).eval().requires_grad_(False)
-    return net, ckpt
+    return net

@@ -1,0 +1,191 @@
+"""The privacy-preserving VAE-GAN: known answers, loss-term directions, runs, resume, export."""
+
+from __future__ import annotations
+
+import h5py
+import pytest
+import torch
+from torch import nn
+
+from ppgan.data.hdf5 import load_images
+from ppgan.errors import PpganError
+from ppgan.losses.adversarial import generator_adversarial, gradient_penalty
+from ppgan.losses.privacy import different_loss, jittered_uniform, soft_cross_entropy
+from ppgan.losses.utility import disease_preservation, roi_reconstruction
+from ppgan.losses.vae import kl_divergence
+from ppgan.models.critic import Critic
+from ppgan.models.vae import Decoder, Encoder
+from tests.conftest import judge_overrides
+
+
+def test_gradient_penalty_zero_for_unit_norm_linear_critic():
+    lin = nn.Linear(3 * 8 * 8, 1)
+    with torch.no_grad():
+        lin.weight /= lin.weight.norm()
+    critic = nn.Sequential(nn.Flatten(), lin)
+    real, fake = torch.randn(5, 3, 8, 8), torch.randn(5, 3, 8, 8)
+    assert float(gradient_penalty(critic, real, fake)) == pytest.approx(0.0, abs=1e-10)
+    with torch.no_grad():
+        lin.weight *= 3  # gradient norm 3 everywhere: penalty (3 - 1)^2 = 4
+    assert float(gradient_penalty(critic, real, fake)) == pytest.approx(4.0, rel=1e-5)
+
+
+def test_kl_known_answers():
+    assert float(kl_divergence(torch.zeros(4, 8), torch.zeros(4, 8))) == 0.0
+    # KL(N(1, 1) || N(0, 1)) = 0.5 per dimension.
+    assert float(kl_divergence(torch.ones(2, 3), torch.zeros(2, 3))) == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [32, 64])
+def test_output_shapes(channels, size):
+    shape = [channels, size, size]
+    enc = Encoder(shape, z_dim=16, units=32, kernel=4)
+    dec = Decoder(shape, z_dim=16, units=32, kernel=4, start_channels=16)
+    critic = Critic(shape, channels=[8, 16, 16, 16], kernel=4, hidden=16)
+    x, m = torch.rand(2, *shape) * 2 - 1, torch.ones(2, 1, size, size)
+    mu, logvar = enc(x, m)
+    assert mu.shape == logvar.shape == (2, 16)
+    fake = dec(mu)
+    assert fake.shape == (2, *shape) and fake.abs().max() <= 1
+    assert critic(fake).shape == (2,)
+    # The paper's kernel 8 keeps the same geometry.
+    assert Decoder(shape, z_dim=16, units=32, kernel=8)(mu).shape == (2, *shape)
+
+
+def _step(x: torch.Tensor, loss: torch.Tensor, lr: float = 0.1) -> torch.Tensor:
+    (grad,) = torch.autograd.grad(loss, x)
+    return (x - lr * grad).detach()
+
+
+def test_each_term_moves_the_generator_the_intended_way():
+    torch.manual_seed(0)
+    real = torch.rand(4, 3, 8, 8) * 2 - 1
+    mask = torch.zeros(4, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    net = nn.Sequential(nn.Flatten(), nn.Linear(192, 5))
+    fake = torch.rand(4, 3, 8, 8, requires_grad=True)
+
+    # roi_rec: inside the ROI toward the original, outside untouched.
+    moved = _step(fake, roi_reconstruction(real, fake, mask, "sum"))
+    inside = mask.bool().expand_as(real)
+    assert (moved - real)[inside].abs().sum() < (fake - real)[inside].abs().sum()
+    assert torch.equal(moved[~inside], fake.detach()[~inside])
+
+    # identity (MIR): the identity prediction moves toward uniform (its entropy rises).
+    def entropy(x):
+        p = net(x).softmax(1)
+        return float(-(p * p.log()).sum(1).mean())
+
+    target = jittered_uniform(4, 5, jitter=False, device="cpu")
+    moved = _step(fake, soft_cross_entropy(target, net(fake)))
+    assert entropy(moved) > entropy(fake.detach())
+
+    # disease: the prediction on the fake moves toward the prediction on the original.
+    def disagreement(x):
+        return float(disease_preservation(net(real), net(x)))
+
+    moved = _step(fake, disease_preservation(net(real), net(fake)))
+    assert disagreement(moved) < disagreement(fake.detach())
+
+    # adv: the critic rates the fake as more real.
+    moved = _step(fake, generator_adversarial(lambda x: net(x)[:, 0], fake))
+    assert net(moved)[:, 0].mean() > net(fake.detach())[:, 0].mean()
+
+    # identity (SIR): the embedding moves away from the references closer than the margin.
+    refs = net(real).detach()
+    dist = lambda x: torch.cdist(net(x), refs).mean()  # noqa: E731
+    moved = _step(fake, different_loss(torch.cdist(net(fake), refs), margin=100.0))
+    assert dist(moved) > dist(fake.detach())
+
+    # kl: the posterior moves toward N(0, I).
+    mu = torch.randn(4, 6, requires_grad=True)
+    logvar = torch.zeros(4, 6)
+    assert _step(mu, kl_divergence(mu, logvar)).abs().sum() < mu.abs().sum()
+
+
+GAN = [
+    "task=anonymizer",
+    "task.epochs=2",
+    "task.selection_warmup=0",
+    "model.n_critic=1",
+    "model.n_gen=1",
+    "model.encoder.units=16",
+    "model.decoder.units=16",
+    "model.critic.channels=[8,16,16,16]",
+]
+
+
+@pytest.mark.parametrize("variant", ["pp_mir", "pp_sir"])
+def test_tiny_end_to_end(run, judges, variant):
+    metrics, out = run(*GAN, f"model={variant}", *judge_overrides(judges), name=variant)
+    for key in ("val/disease_agreement", "val/identity_acc", "val/siamese_dist", "val/score"):
+        assert key in metrics and metrics[key] == metrics[key]  # present and not NaN
+    assert (out / "checkpoints" / "best.pt").exists() and (out / "checkpoints" / "last.pt").exists()
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [
+        "epoch_0001.png",
+        "epoch_0002.png",
+    ]
+    ckpt = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    assert ckpt["variant"] == variant[3:] and {"encoder", "decoder", "critic"} <= ckpt.keys()
+
+
+def test_resume_matches_uninterrupted(run, judges):
+    args = [*GAN, *judge_overrides(judges)]
+    full, _ = run(*args, name="full")
+    run(*[a.replace("task.epochs=2", "task.epochs=1") for a in args], name="resumed")
+    resumed, _ = run(*args, name="resumed")
+    assert resumed == pytest.approx(full, rel=1e-5)
+
+
+def test_missing_or_mismatched_judges_are_clear_errors(run, judges, tmp_path):
+    with pytest.raises(PpganError, match=r"task.identity_ckpt: required; train one"):
+        run(*GAN, f"task.disease_ckpt={judges['disease']}")
+    with pytest.raises(PpganError, match=r"task.disease_ckpt: .*needs in_shape=\[3, 48, 48\]"):
+        run(*GAN, *judge_overrides(judges), "dataset.generator.size=48")
+    with pytest.raises(PpganError, match=r"task.identity_ckpt: .*n_classes=6, but .*n_classes=5"):
+        run(
+            *GAN,
+            *judge_overrides(judges),
+            "dataset.generator.n_identities=5",
+            f"task.disease_ckpt={judges['disease']}",
+        )
+    with pytest.raises(PpganError, match="task.siamese_ckpt: checkpoint .* does not exist"):
+        run(*GAN, *judge_overrides(judges), f"task.siamese_ckpt={tmp_path / 'none.pt'}")
+
+
+def test_export_round_trip(run, judges, tmp_path):
+    _, gan = run(*GAN, *judge_overrides(judges), name="gan")
+    ckpt = gan / "checkpoints" / "best.pt"
+    metrics, out = run("task=anonymize", f"task.checkpoint={ckpt}", name="export")
+    path = out / "anonymized.h5"
+    with h5py.File(path) as f:
+        assert set(f.keys()) == {"images", "dis", "set", "masks"}  # no identity by default
+        assert f["images"].dtype == "uint8" and f["images"].shape[1:] == (32, 32, 3)
+    data = load_images(path, require_splits=("train", "val", "test"))
+    assert len(data) == metrics["n_images"] == 90 and data.ids is None
+    again, out2 = run("task=anonymize", f"task.checkpoint={ckpt}", name="export2")
+    with h5py.File(path) as a, h5py.File(out2 / "anonymized.h5") as b:
+        assert (a["images"][()] == b["images"][()]).all()  # z = mu: deterministic
+    _, out3 = run(
+        "task=anonymize",
+        f"task.checkpoint={ckpt}",
+        "task.keep_identity=true",
+        "task.splits=[test]",
+        name="export3",
+    )
+    test_only = load_images(out3 / "anonymized.h5", require_splits=("test",))
+    assert test_only.ids is not None and len(test_only) == 12
+
+
+def test_export_refuses_checkpoint_of_other_shape(run, judges):
+    _, gan = run(*GAN, *judge_overrides(judges), name="gan")
+    with pytest.raises(
+        PpganError, match=r"task.checkpoint: .*in_shape=\[3, 32, 32\].*\[3, 48, 48\]"
+    ):
+        run(
+            "task=anonymize",
+            f"task.checkpoint={gan / 'checkpoints' / 'best.pt'}",
+            "dataset.generator.size=48",
+            name="bad",
+        )
