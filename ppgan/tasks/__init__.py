@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ppgan.errors import PpganError
-from ppgan.tasks import classify, siamese, synthesize
+from ppgan.tasks import anonymize, anonymizer, classify, evaluate, siamese, synthesize
 
 Runner = Callable[[DictConfig, Path], dict[str, float]]
 
@@ -17,6 +17,9 @@ RUNNERS: dict[str, Runner] = {
     "disease": classify.run,
     "identity": classify.run,
     "siamese": siamese.run,
+    "anonymizer": anonymizer.run,
+    "anonymize": anonymize.run,
+    "evaluate": evaluate.run,
 }
 
 

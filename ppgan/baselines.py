@@ -1,0 +1,105 @@
+"""Anonymizers the evaluation compares (each selectable by config): the identity "anonymizer",
+pure noise, Gaussian blur, pixelation, k-Same-Pixel, and a trained ppgan generator."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.transforms.functional import gaussian_blur
+
+from ppgan.data import ImageData
+from ppgan.engine.checkpoint import frozen_from, load_checkpoint
+
+
+class Anonymizer:
+    """`fit(data)` once (most need nothing), then `__call__(batch) -> images` in [-1, 1]."""
+
+    def fit(self, data: ImageData) -> Anonymizer:
+        return self
+
+    def __call__(self, batch: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+
+class Original(Anonymizer):
+    """Output = input: every attack must report its numbers on the original images."""
+
+    def __call__(self, batch):
+        return batch["images"]
+
+
+class Noise(Anonymizer):
+    """Uniform noise: every attack must report chance."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def __call__(self, batch):
+        g = torch.Generator(device=batch["images"].device).manual_seed(
+            self.seed + int(batch["index"][0])
+        )
+        return torch.rand(batch["images"].shape, generator=g, device=batch["images"].device) * 2 - 1
+
+
+class GaussianBlur(Anonymizer):
+    def __init__(self, sigma: float = 3.0):
+        self.sigma = sigma
+
+    def __call__(self, batch):
+        k = 2 * round(3 * self.sigma) + 1
+        return gaussian_blur(batch["images"], [k, k], [self.sigma, self.sigma])
+
+
+class Pixelate(Anonymizer):
+    """Average over `block` x `block` cells, shown at full size."""
+
+    def __init__(self, block: int = 8):
+        self.block = block
+
+    def __call__(self, batch):
+        x = batch["images"]
+        small = F.avg_pool2d(x, self.block, ceil_mode=True)
+        return F.interpolate(small, size=x.shape[-2:], mode="nearest")
+
+
+class KSamePixel(Anonymizer):
+    """k-Same-Pixel (Newton et al. 2005): the average of the k training images nearest in pixel
+    space among *other* identities, so no output is closer to its own person than to k others."""
+
+    def __init__(self, k: int = 5, max_pool: int = 4096):
+        self.k, self.max_pool = k, max_pool
+
+    def fit(self, data: ImageData) -> KSamePixel:
+        idx = data.indices("train")[: self.max_pool]
+        pool = data.batch(idx)
+        self.pool = pool["images"]
+        self.flat = self.pool.flatten(1)
+        self.pool_ids = data.require_ids("baseline ksame")[idx]
+        return self
+
+    def __call__(self, batch):
+        d = torch.cdist(batch["images"].flatten(1), self.flat)  # [B, P]
+        d = d.masked_fill(batch["id"][:, None] == self.pool_ids[None, :], float("inf"))
+        nearest = d.topk(self.k, dim=1, largest=False).indices  # [B, k]
+        return self.pool[nearest].mean(1)
+
+
+class Generator(Anonymizer):
+    """A trained ppgan generator (checkpoint of task=anonymizer), z = mu."""
+
+    def __init__(self, checkpoint: str, quantize: bool = True):
+        self.checkpoint, self.quantize = checkpoint, quantize
+
+    def fit(self, data: ImageData) -> Generator:
+        ckpt = load_checkpoint(self.checkpoint, "task.methods.*.checkpoint")
+        where, expect = f"checkpoint {self.checkpoint}", {"in_shape": list(data.shape)}
+        self.enc = frozen_from(ckpt, "encoder", data.device, where, expect)
+        self.dec = frozen_from(ckpt, "decoder", data.device, where, expect)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, batch):
+        x = self.dec(self.enc(batch["images"], batch["masks"])[0])
+        # What task=anonymize ships is uint8: evaluate that, not the float output.
+        return ((x + 1) * 127.5).round() / 127.5 - 1 if self.quantize else x

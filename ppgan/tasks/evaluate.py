@@ -1,0 +1,196 @@
+"""Task `evaluate`: privacy, utility, realism and retrieval of every anonymizer, by one suite.
+
+Privacy is measured by attackers the generator never saw, not only by the frozen networks it was
+trained to fool: an unseen identity classifier of another architecture, an adaptive one trained on
+the anonymized training split, and linkage of anonymized test images to the original training
+images. Each number is reported next to the same attack on the original images and chance.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from ppgan.baselines import Anonymizer
+from ppgan.data import SPLITS, ImageData, load_dataset
+from ppgan.engine import RunContext, build, build_model, load_frozen, save_checkpoint, snapshot
+from ppgan.engine.fit import fit_classifier
+from ppgan.engine.images import rows_grid
+from ppgan.engine.inference import batched, collect
+from ppgan.engine.judges import Judges, load_judges
+from ppgan.errors import PpganError
+from ppgan.metrics.classification import classification_metrics, topk_accuracy
+from ppgan.metrics.realism import fid_kid, region_psnr, region_ssim
+from ppgan.metrics.retrieval import precision_at_k
+from ppgan.metrics.verification import rank_k, verification_metrics
+from ppgan.models.resnet import FeatureExtractor
+from ppgan.tasks.report import write_report
+
+log = logging.getLogger(__name__)
+
+
+def train_attacker(
+    ctx: RunContext,
+    name: str,
+    data: ImageData,
+    images: dict,
+    labels: str,
+    n_classes: int,
+    seed: int,
+    cache: bool = True,
+) -> nn.Module:
+    """Train (or load from this run dir) a network of `task.attacker`'s architecture."""
+    task = ctx.cfg.task
+    path = ctx.out_dir / "attackers" / f"{name}.pt"
+    if cache and path.is_file():
+        return load_frozen(path, ctx.device, key=f"attackers/{name}.pt")[0]
+    torch.manual_seed(seed)  # its own initialisation: a different seed from the judges
+    net, spec = build_model(task.attacker, in_shape=list(data.shape), n_classes=n_classes)
+    log.info("training attacker %s (%d classes)", name, n_classes)
+    net = fit_classifier(
+        net.to(ctx.device),
+        (images["train"], labels_of(data, "train", labels)),
+        (images["val"], labels_of(data, "val", labels)),
+        task.attack.epochs,
+        task.attack.batch_size,
+        task.attack.lr,
+        seed,
+        ctx.progress,
+    )
+    if cache:
+        save_checkpoint(path, snapshot(task.attack.epochs, {"model": (net, spec)}, {}))
+    return net.requires_grad_(False)
+
+
+def labels_of(data: ImageData, split: str, key: str) -> Tensor:
+    idx = data.indices(split)
+    return data.ids[idx] if key == "id" else data.dis[idx]
+
+
+def anonymize_all(method: Anonymizer, data: ImageData, bs: int) -> dict[str, Tensor]:
+    """The method's output for every split, in memory ({split: [N, C, H, W]})."""
+    out = {}
+    for split in SPLITS:
+        with torch.no_grad():
+            out[split] = torch.cat([method(b) for b in data.batches(split, bs)])
+    return out
+
+
+def evaluate_method(
+    ctx, data: ImageData, orig: dict, anon: dict, judges: Judges, unseen, indep, name: str
+) -> dict[str, float]:
+    """Every metric of one anonymizer, as a flat dict."""
+    task, bs, seed = ctx.cfg.task, ctx.cfg.trainer.eval_batch_size, ctx.seed
+    test_ids, train_ids = labels_of(data, "test", "id"), labels_of(data, "train", "id")
+    test_dis, train_dis = labels_of(data, "test", "dis"), labels_of(data, "train", "dis")
+    masks = data.split_tensors("test")["masks"]
+    run = lambda net, x: collect(net, batched(x, bs))  # noqa: E731
+    feats = lambda net, x: collect(net, batched(x, bs), lambda n, b: n.features(b["images"]))  # noqa: E731
+    m: dict[str, float] = {}
+
+    # Privacy: seen, unseen and adaptive identity classifiers.
+    m["privacy/seen_acc"] = _acc(run(judges.identity, anon["test"]), test_ids)
+    logits = run(unseen, anon["test"])
+    m["privacy/unseen_acc"], m["privacy/unseen_top5"] = (
+        _acc(logits, test_ids),
+        topk_accuracy(logits, test_ids, 5),
+    )
+    adaptive = train_attacker(
+        ctx, f"adaptive_{name}", data, anon, "id", data.n_ids, seed + 3, cache=True
+    )
+    m["privacy/adaptive_acc"] = _acc(run(adaptive, anon["test"]), test_ids)
+    # Linkage: rank the original training images for each anonymized test image.
+    for space, embed in (
+        ("siamese", lambda x: run(judges.siamese, x)),
+        ("unseen", lambda x: feats(unseen, x)),
+    ):
+        d = torch.cdist(embed(anon["test"]).float(), embed(orig["train"]).float())  # [Q, G]
+        m[f"privacy/link_{space}_rank1"] = rank_k(d, test_ids, train_ids, 1)
+        m[f"privacy/link_{space}_rank5"] = rank_k(d, test_ids, train_ids, 5)
+        same = test_ids[:, None] == train_ids[None, :]
+        m[f"privacy/link_{space}_auc"] = verification_metrics(d[same], d[~same])["auc"]
+
+    # Utility: disease recognition on anonymized test images.
+    logits_real = run(judges.disease, orig["test"])
+    logits = run(judges.disease, anon["test"])
+    for k, v in classification_metrics(logits, test_dis, data.n_classes).items():
+        m[f"utility/disease_{k}"] = v
+    m["utility/agreement"] = _acc(logits, logits_real.argmax(1))
+    for k, v in classification_metrics(run(indep, anon["test"]), test_dis, data.n_classes).items():
+        m[f"utility/indep_{k}"] = v
+
+    # Realism in the unseen identity network's feature space (in-domain, never seen by the GAN).
+    fid, kid, _ = fid_kid(orig["test"], anon["test"], FeatureExtractor(unseen), bs)
+    m["realism/fid"], m["realism/kid"] = fid, kid
+    for region, mask in (("roi", masks), ("outside", 1 - masks)):
+        if float(mask.sum()) > 0:
+            m[f"realism/ssim_{region}"] = float(
+                region_ssim(orig["test"], anon["test"], mask).nanmean()
+            )
+            m[f"realism/psnr_{region}"] = float(
+                region_psnr(orig["test"], anon["test"], mask).nanmean()
+            )
+
+    # Retrieval: nearest anonymized training cases of each (original) test query, disease features.
+    query = feats(judges.disease, orig["test"])
+    base = feats(judges.disease, anon["train"])
+    m[f"retrieval/precision_at_{task.k}"] = precision_at_k(query, test_dis, base, train_dis, task.k)
+    return m
+
+
+def _acc(logits: Tensor, labels: Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
+    ctx = RunContext(cfg, out_dir)
+    task = cfg.task
+    data = load_dataset(cfg.dataset, require_splits=SPLITS).to(ctx.device)
+    if data.lazy:
+        raise PpganError(
+            f"{data.path}: task=evaluate holds the splits in memory; raise dataset.in_memory_max_gb"
+        )
+    data.require_ids("task=evaluate")
+    judges = load_judges(task, data, ctx.device, ("disease", "identity", "siamese"))
+    orig = {s: data.split_tensors(s)["images"] for s in SPLITS}
+    unseen = train_attacker(ctx, "unseen_identity", data, orig, "id", data.n_ids, ctx.seed + 1)
+    indep = train_attacker(
+        ctx, "independent_disease", data, orig, "dis", data.n_classes, ctx.seed + 2
+    )
+
+    rows: dict[str, dict[str, float]] = {}
+    grid_rows = [orig["test"][: task.n_samples]]
+    for name, node in task.methods.items():
+        if node is None or ("checkpoint" in node and not node.checkpoint):
+            log.warning("task.methods.%s: no checkpoint given, skipped", name)
+            continue
+        method = build(node).fit(data)
+        log.info("evaluating %s", name)
+        anon = anonymize_all(method, data, cfg.trainer.eval_batch_size)
+        rows[name] = evaluate_method(ctx, data, orig, anon, judges, unseen, indep, name)
+        grid_rows.append(anon["test"][: task.n_samples])
+        for k, v in rows[name].items():
+            ctx.writer.add_scalar(f"{name}/{k}", v, 0)
+    if not rows:
+        raise PpganError("task.methods: nothing to evaluate")
+    grid = rows_grid(grid_rows, out_dir / "samples" / "methods.png")
+    ctx.writer.add_image("samples/original|" + "|".join(rows), grid, 0)
+
+    chance = {
+        "identity": 1.0 / data.n_ids,
+        "identity_top5": min(1.0, 5.0 / data.n_ids),
+        "disease": float(torch.bincount(labels_of(data, "test", "dis")).max())
+        / len(data.indices("test")),
+    }
+    metrics = {f"{name}/{k}": v for name, row in rows.items() for k, v in row.items()}
+    metrics |= {f"chance/{k}": v for k, v in chance.items()}
+    for name, row in rows.items():  # scores for sweeps: higher is better for both
+        metrics[f"{name}/privacy_score"] = 1.0 - row["privacy/unseen_acc"]
+        metrics[f"{name}/utility_score"] = row["utility/indep_acc"]
+    report = write_report(rows, chance, task.k, out_dir)
+    log.info("report: %s", report)
+    return ctx.finish(metrics)

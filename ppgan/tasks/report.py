@@ -1,0 +1,102 @@
+"""The evaluation report: one markdown table and a privacy-utility scatter plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+# (metric key, column title, group) in table order.
+COLUMNS = [
+    ("privacy/seen_acc", "seen id acc ↓", "privacy"),
+    ("privacy/unseen_acc", "unseen id acc ↓", "privacy"),
+    ("privacy/unseen_top5", "unseen top-5 ↓", "privacy"),
+    ("privacy/adaptive_acc", "adaptive id acc ↓", "privacy"),
+    ("privacy/link_siamese_rank1", "link rank-1 (siamese) ↓", "privacy"),
+    ("privacy/link_unseen_rank1", "link rank-1 (unseen feat.) ↓", "privacy"),
+    ("privacy/link_siamese_auc", "link AUC (siamese) ↓", "privacy"),
+    ("utility/disease_acc", "disease acc ↑", "utility"),
+    ("utility/indep_acc", "indep. disease acc ↑", "utility"),
+    ("utility/agreement", "agreement ↑", "utility"),
+    ("realism/fid", "FID ↓", "realism"),
+    ("realism/kid", "KID ↓", "realism"),
+    ("realism/ssim_roi", "SSIM ROI ↑", "realism"),
+    ("realism/psnr_roi", "PSNR ROI ↑", "realism"),
+    ("realism/ssim_outside", "SSIM outside", "realism"),
+    ("retrieval/precision_at_k", "P@k ↑", "retrieval"),
+]
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+
+
+def write_report(
+    rows: dict[str, dict[str, float]], chance: dict[str, float], k: int, out_dir: Path
+) -> Path:
+    """Write `report.md` and `privacy_utility.png` into `out_dir`; returns the report's path."""
+    key = {c: c.replace("precision_at_k", f"precision_at_{k}") for c, _, _ in COLUMNS}
+    head = ["method"] + [t.replace("P@k", f"P@{k}") for _, t, _ in COLUMNS]
+    lines = [
+        "# ppgan evaluation report",
+        "",
+        "Test split. ↓ lower is better for privacy (chance = no leakage), ↑ higher is better.",
+        "Attacks: *seen* = the identity classifier the GAN was trained against; *unseen* = a "
+        "ResNet trained from scratch on the original training split with another seed; "
+        "*adaptive* = the same architecture trained on the anonymized training split; *link* = "
+        "rank the original training images by distance to each anonymized test image. Realism "
+        "features: the unseen identity ResNet's penultimate layer. Retrieval: the k nearest "
+        "cases of the (anonymized) training split in the disease network's feature space.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, row in rows.items():
+        lines.append(
+            "| " + " | ".join([name] + [_fmt(row.get(key[c])) for c, _, _ in COLUMNS]) + " |"
+        )
+    chance_row = {
+        "privacy/seen_acc": chance["identity"],
+        "privacy/unseen_acc": chance["identity"],
+        "privacy/unseen_top5": chance["identity_top5"],
+        "privacy/adaptive_acc": chance["identity"],
+        "privacy/link_siamese_rank1": chance["identity"],
+        "privacy/link_unseen_rank1": chance["identity"],
+        "privacy/link_siamese_auc": 0.5,
+        "utility/disease_acc": chance["disease"],
+        "utility/indep_acc": chance["disease"],
+    }
+    lines.append(
+        "| *chance* | " + " | ".join(_fmt(chance_row.get(c)) for c, _, _ in COLUMNS) + " |"
+    )
+    lines += ["", "![privacy-utility](privacy_utility.png)", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for name, row in rows.items():
+        ax.scatter(row["privacy/unseen_acc"], row["utility/indep_acc"], s=40)
+        ax.annotate(
+            name,
+            (row["privacy/unseen_acc"], row["utility/indep_acc"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=9,
+        )
+    ax.axvline(chance["identity"], ls="--", c="grey", lw=1, label="identity chance")
+    ax.axhline(chance["disease"], ls=":", c="grey", lw=1, label="disease chance")
+    ax.set_xlabel("unseen attacker identity accuracy (lower = more private)")
+    ax.set_ylabel("independent disease accuracy (higher = more useful)")
+    ax.set_xlim(-0.02, 1.02), ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("privacy–utility trade-off (test split)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "privacy_utility.png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,134 @@
+"""The evaluation suite: every attack detects leakage when there is leakage, and only then."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ppgan.baselines import GaussianBlur, KSamePixel, Pixelate
+from ppgan.data.hdf5 import ImageData
+from ppgan.metrics.realism import region_psnr, region_ssim
+from ppgan.metrics.retrieval import precision_at_k
+from tests.conftest import judge_overrides
+
+ATTACK = ["task.attack.epochs=15", "task.attack.batch_size=16", "task.n_samples=4"]
+
+
+@pytest.fixture(scope="module")
+def leak_vs_noise(tmp_path_factory, judges, data_dir):
+    """Evaluate the identity 'anonymizer' (output = input) and pure noise."""
+    from ppgan.tasks import run_task
+    from tests.conftest import make_cfg
+
+    out = tmp_path_factory.mktemp("eval")
+    cfg = make_cfg(
+        f"paths.data_dir={data_dir}",
+        "task=evaluate",
+        *judge_overrides(judges),
+        *ATTACK,
+        "~task.methods.blur",
+        "~task.methods.pixelate",
+        "~task.methods.ksame",
+        "~task.methods.pp_mir",
+        "~task.methods.pp_sir",
+        "+task.methods.noise={_target_: ppgan.baselines.Noise}",
+    )
+    return run_task(cfg, out), out
+
+
+def test_attacks_report_leakage_on_originals(leak_vs_noise):
+    m, _ = leak_vs_noise
+    chance = m["chance/identity"]  # 6 identities in debug=tiny
+    assert m["original/privacy/unseen_acc"] >= 0.6
+    assert m["original/privacy/adaptive_acc"] >= 0.6
+    assert m["original/privacy/seen_acc"] >= 0.6
+    for space in ("siamese", "unseen"):
+        assert m[f"original/privacy/link_{space}_rank1"] >= 0.6
+        assert m[f"original/privacy/link_{space}_auc"] >= 0.75
+    assert m["original/privacy/unseen_acc"] > 3 * chance
+    assert m["original/utility/agreement"] == 1.0
+    assert m["original/realism/ssim_roi"] == pytest.approx(1.0)
+    assert m["original/realism/fid"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_attacks_report_chance_on_noise(leak_vs_noise):
+    m, _ = leak_vs_noise
+    chance = m["chance/identity"]
+    # 12 test images, 6 identities: allow sampling noise around chance (1/6), far below originals.
+    for key in (
+        "unseen_acc",
+        "adaptive_acc",
+        "seen_acc",
+        "link_siamese_rank1",
+        "link_unseen_rank1",
+    ):
+        assert m[f"noise/privacy/{key}"] <= 2.5 * chance + 1e-9, key
+    assert m["noise/privacy/link_siamese_auc"] == pytest.approx(0.5, abs=0.2)
+    assert m["noise/realism/fid"] > m["original/realism/fid"]
+    assert m["noise/realism/ssim_roi"] < 0.2
+
+
+def test_report_and_artefacts(leak_vs_noise):
+    m, out = leak_vs_noise
+    text = (out / "report.md").read_text()
+    assert "| original |" in text and "| noise |" in text and "| *chance* |" in text
+    assert (out / "privacy_utility.png").stat().st_size > 1000
+    assert (out / "samples" / "methods.png").exists()
+    assert {"unseen_identity.pt", "independent_disease.pt"} <= {
+        p.name for p in (out / "attackers").iterdir()
+    }
+    assert m["original/privacy_score"] == 1 - m["original/privacy/unseen_acc"]
+
+
+def _batch(n=6, size=32):
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(n, 3, size, size, generator=g) * 2 - 1
+    return {
+        "images": images,
+        "masks": torch.ones(n, 1, size, size),
+        "id": torch.arange(n) % 3,
+        "index": torch.arange(n),
+    }
+
+
+def test_blur_and_pixelate_change_images_but_keep_range():
+    b = _batch()
+    for method in (GaussianBlur(2.0), Pixelate(8)):
+        out = method(b)
+        assert out.shape == b["images"].shape and out.abs().max() <= 1
+        assert not torch.allclose(out, b["images"])
+    assert Pixelate(8)(b)[:, :, :8, :8].std(dim=(2, 3)).max() < 1e-6  # constant cells
+
+
+def test_ksame_averages_other_identities_only():
+    b = _batch()
+    data = ImageData(
+        path=None,
+        shape=(3, 32, 32),
+        dis=torch.zeros(6, dtype=torch.long),
+        split=torch.zeros(6, dtype=torch.long),
+        ids=b["id"],
+        n_ids=3,
+        n_classes=1,
+        images=b["images"],
+    )
+    out = KSamePixel(k=2).fit(data)(b)
+    for i in range(6):  # the average of 2 images of the *other* identities
+        others = b["images"][b["id"] != b["id"][i]]
+        d = (others - b["images"][i]).flatten(1).norm(dim=1)
+        assert torch.allclose(out[i], others[d.topk(2, largest=False).indices].mean(0), atol=1e-6)
+
+
+def test_region_metrics_and_precision_known_answers():
+    a = torch.zeros(1, 1, 8, 8)
+    b = a.clone()
+    b[..., :4] = 1.0  # differ only in the left half
+    left = torch.zeros(1, 1, 8, 8)
+    left[..., :4] = 1
+    assert float(region_psnr(a, b, 1 - left)) > 90  # identical outside: PSNR at its cap
+    assert float(region_psnr(a, b, left)) == pytest.approx(
+        10 * torch.log10(torch.tensor(4.0)), abs=1e-4
+    )
+    assert float(region_ssim(a, a, left)) == pytest.approx(1.0)
+    q, base = torch.tensor([[0.0], [10.0]]), torch.tensor([[0.1], [0.2], [9.9], [10.1]])
+    assert precision_at_k(q, torch.tensor([0, 1]), base, torch.tensor([0, 0, 1, 0]), 2) == 0.75
