@@ -127,6 +127,27 @@ class RunContext:
         log.info("resuming from %s (epoch %s)", path, ckpt.get("epoch"))
         return ckpt
 
+    def resume(self, nets: dict, opts: dict, select: Selection) -> int:
+        """Restore networks, optimizers, selection state and RNGs from `last.pt` of this run dir.
+
+        Returns:
+            The epoch to start from (0 for a fresh run).
+        """
+        if (ckpt := self.resume_state()) is None:
+            return 0
+        restore(ckpt, nets, opts)
+        select.load_state_dict(ckpt["selection"])
+        return ckpt["epoch"]
+
+    def end_epoch(
+        self, epoch: int, nets: dict, opts: dict, select: Selection, improved: bool, **extra: Any
+    ) -> None:
+        """Checkpoint a finished epoch: always `last.pt`, and `best.pt` when it improved."""
+        payload = snapshot(epoch + 1, nets, opts, selection=select.state_dict(), **extra)
+        if improved:
+            self.save("best", payload)
+        self.save("last", payload)
+
     def finish(self, metrics: dict[str, float]) -> dict[str, float]:
         """Write metrics.json and the HParams entry, close TensorBoard; returns the metrics."""
         metrics = {k: float(v) for k, v in metrics.items()}

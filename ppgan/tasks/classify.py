@@ -18,8 +18,6 @@ from ppgan.engine import (
     build_model,
     epoch_generator,
     load_checkpoint,
-    restore,
-    snapshot,
 )
 from ppgan.engine.inference import collect
 from ppgan.metrics.classification import classification_metrics
@@ -56,11 +54,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     scaler = ctx.grad_scaler()
     nets, opts = {"model": (model, spec)}, {"opt": opt}
     select = Selection(task.patience)
-    start = 0
-    if ckpt := ctx.resume_state():
-        restore(ckpt, nets, opts)
-        select.load_state_dict(ckpt["selection"])
-        start = ckpt["epoch"]
+    start = ctx.resume(nets, opts, select)
 
     n_train = len(data.indices("train"))
     log.info(
@@ -102,10 +96,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             ctx.writer.add_scalar(name, value, epoch + 1)
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val['acc']:.3f}")
         improved = select.update((1 - val["acc"], val["loss"]), epoch)
-        payload = snapshot(epoch + 1, nets, opts, selection=select.state_dict())
-        if improved:
-            ctx.save("best", payload)
-        ctx.save("last", payload)
+        ctx.end_epoch(epoch, nets, opts, select, improved)
 
     best = load_checkpoint(ctx.ckpt_dir / "best.pt")
     model.load_state_dict(best["model"])

@@ -20,8 +20,6 @@ from ppgan.engine import (
     build_model,
     epoch_generator,
     load_checkpoint,
-    restore,
-    snapshot,
 )
 from ppgan.engine.context import require_finite
 from ppgan.engine.inference import collect
@@ -108,11 +106,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     scaler = ctx.grad_scaler()
     nets, opts = {"model": (model, spec)}, {"opt": opt}
     select = Selection(task.patience)
-    start = 0
-    if ckpt := ctx.resume_state():
-        restore(ckpt, nets, opts)
-        select.load_state_dict(ckpt["selection"])
-        start = ckpt["epoch"]
+    start = ctx.resume(nets, opts, select)
 
     train_idx = data.indices("train")
     train_ids = data.ids[train_idx]
@@ -158,10 +152,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         bar.set_postfix(loss=f"{float(train_loss):.3f}", val_auc=f"{val['auc']:.3f}")
         # Best AUC; ties broken by the separation of the two distance distributions.
         improved = select.update((-val["auc"], val["d_same_mean"] / val["d_diff_mean"]), epoch)
-        payload = snapshot(epoch + 1, nets, opts, selection=select.state_dict())
-        if improved:
-            ctx.save("best", payload)
-        ctx.save("last", payload)
+        ctx.end_epoch(epoch, nets, opts, select, improved)
 
     model.load_state_dict(load_checkpoint(ctx.ckpt_dir / "best.pt")["model"])
     metrics = {f"test/{k}": v for k, v in test_metrics(model, data, cfg).items()}
