@@ -10,11 +10,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from ppgan.config import CONF_DIR
 from ppgan.errors import PpganError
 from ppgan.tasks import run_task
 
-# Absolute, so both `python -m ppgan` and the installed `ppgan` console script find it.
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 log = logging.getLogger("ppgan")
 
 

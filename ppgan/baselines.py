@@ -101,5 +101,9 @@ class Generator(Anonymizer):
     @torch.no_grad()
     def __call__(self, batch):
         x = self.dec(self.enc(batch["images"], batch["masks"])[0])
-        # What task=anonymize ships is uint8: evaluate that, not the float output.
-        return ((x + 1) * 127.5).round() / 127.5 - 1 if self.quantize else x
+        return quantize(x) if self.quantize else x
+
+
+def quantize(x: Tensor) -> Tensor:
+    """Round [-1, 1] images to the 256 levels of uint8: what task=anonymize ships is evaluated."""
+    return ((x + 1) * 127.5).round() / 127.5 - 1

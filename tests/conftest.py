@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from ppgan.__main__ import CONF_DIR
+from ppgan.config import CONF_DIR
 from ppgan.tasks import run_task
 
 

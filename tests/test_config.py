@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ppgan.__main__ import CONF_DIR
+from ppgan.config import CONF_DIR
 from ppgan.engine import build
 from tests.conftest import make_cfg
 

@@ -8,7 +8,17 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ppgan.errors import PpganError
-from ppgan.tasks import anonymize, anonymizer, classify, evaluate, siamese, synthesize
+from ppgan.tasks import (
+    anonymize,
+    anonymizer,
+    classify,
+    counterfactual,
+    evaluate,
+    explain,
+    pipeline,
+    siamese,
+    synthesize,
+)
 
 Runner = Callable[[DictConfig, Path], dict[str, float]]
 
@@ -19,7 +29,10 @@ RUNNERS: dict[str, Runner] = {
     "siamese": siamese.run,
     "anonymizer": anonymizer.run,
     "anonymize": anonymize.run,
+    "counterfactual": counterfactual.run,
     "evaluate": evaluate.run,
+    "explain": explain.run,
+    "pipeline": pipeline.run,
 }
 
 

@@ -23,8 +23,6 @@ from ppgan.engine import (
     build_model,
     epoch_generator,
     load_checkpoint,
-    restore,
-    snapshot,
 )
 from ppgan.engine.context import require_finite
 from ppgan.engine.images import rows_grid
@@ -123,15 +121,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     nets = {"encoder": (enc, enc_spec), "decoder": (dec, dec_spec), "critic": (critic, critic_spec)}
     opts = {"opt_g": opt_g, "opt_c": opt_c}
     select = Selection(patience=0, warmup=task.selection_warmup)
-    start = 0
-    if ckpt := ctx.resume_state():
-        restore(ckpt, nets, opts)
-        select.load_state_dict(ckpt["selection"])
-        start = ckpt["epoch"]
+    start = ctx.resume(nets, opts, select)
 
     weights = OmegaConf.to_container(m.loss)
     model_cfg = OmegaConf.to_container(m)
-    meta = {"variant": m.variant, "n_ids": data.n_ids, "n_classes": data.n_classes}
+    meta = {
+        "variant": m.variant,
+        "margin": float(m.margin),
+        "n_ids": data.n_ids,
+        "n_classes": data.n_classes,
+    }
     fixed = data.batch(data.indices("val")[: task.n_samples])
     iters = max(1, len(data.indices("train")) // task.batch_size)
     log.info(
@@ -196,10 +195,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             save_samples(ctx, enc, dec, fixed, epoch + 1)
         bar.set_postfix(score=f"{val['score']:.3f}", agree=f"{val['disease_agreement']:.2f}")
         improved = select.update((val["score"],), epoch)
-        payload = snapshot(epoch + 1, nets, opts, selection=select.state_dict(), **meta)
-        if improved:
-            ctx.save("best", payload)
-        ctx.save("last", payload)
+        ctx.end_epoch(epoch, nets, opts, select, improved, **meta)
 
     if not (ctx.ckpt_dir / "best.pt").exists():  # warm-up longer than the run: keep the last
         ctx.save("best", load_checkpoint(ctx.ckpt_dir / "last.pt"))

@@ -15,14 +15,24 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from ppgan.baselines import Anonymizer
+from ppgan.baselines import Anonymizer, quantize
 from ppgan.data import SPLITS, ImageData, load_dataset
-from ppgan.engine import RunContext, build, build_model, load_frozen, save_checkpoint, snapshot
+from ppgan.engine import (
+    RunContext,
+    build,
+    build_model,
+    frozen_from,
+    load_checkpoint,
+    load_frozen,
+    save_checkpoint,
+    snapshot,
+)
 from ppgan.engine.fit import fit_classifier
 from ppgan.engine.images import rows_grid
 from ppgan.engine.inference import batched, collect
 from ppgan.engine.judges import Judges, load_judges
 from ppgan.errors import PpganError
+from ppgan.losses.counterfactual import target_classes
 from ppgan.metrics.classification import classification_metrics, topk_accuracy
 from ppgan.metrics.realism import fid_kid, region_psnr, region_ssim
 from ppgan.metrics.retrieval import precision_at_k
@@ -88,31 +98,19 @@ def evaluate_method(
     test_ids, train_ids = labels_of(data, "test", "id"), labels_of(data, "train", "id")
     test_dis, train_dis = labels_of(data, "test", "dis"), labels_of(data, "train", "dis")
     masks = data.split_tensors("test")["masks"]
-    run = lambda net, x: collect(net, batched(x, bs))  # noqa: E731
-    feats = lambda net, x: collect(net, batched(x, bs), lambda n, b: n.features(b["images"]))  # noqa: E731
+
+    def run(net, x):
+        return collect(net, batched(x, bs))
+
+    def feats(net, x):
+        return collect(net, batched(x, bs), lambda n, b: n.features(b["images"]))
+
     m: dict[str, float] = {}
 
-    # Privacy: seen, unseen and adaptive identity classifiers.
-    m["privacy/seen_acc"] = _acc(run(judges.identity, anon["test"]), test_ids)
-    logits = run(unseen, anon["test"])
-    m["privacy/unseen_acc"], m["privacy/unseen_top5"] = (
-        _acc(logits, test_ids),
-        topk_accuracy(logits, test_ids, 5),
-    )
-    adaptive = train_attacker(
-        ctx, f"adaptive_{name}", data, anon, "id", data.n_ids, seed + 3, cache=True
-    )
+    # Privacy: seen, unseen and adaptive identity classifiers; linkage to the originals.
+    m.update(identity_attacks(anon["test"], orig["train"], test_ids, train_ids, judges, unseen, bs))
+    adaptive = train_attacker(ctx, f"adaptive_{name}", data, anon, "id", data.n_ids, seed + 3)
     m["privacy/adaptive_acc"] = _acc(run(adaptive, anon["test"]), test_ids)
-    # Linkage: rank the original training images for each anonymized test image.
-    for space, embed in (
-        ("siamese", lambda x: run(judges.siamese, x)),
-        ("unseen", lambda x: feats(unseen, x)),
-    ):
-        d = torch.cdist(embed(anon["test"]).float(), embed(orig["train"]).float())  # [Q, G]
-        m[f"privacy/link_{space}_rank1"] = rank_k(d, test_ids, train_ids, 1)
-        m[f"privacy/link_{space}_rank5"] = rank_k(d, test_ids, train_ids, 5)
-        same = test_ids[:, None] == train_ids[None, :]
-        m[f"privacy/link_{space}_auc"] = verification_metrics(d[same], d[~same])["auc"]
 
     # Utility: disease recognition on anonymized test images.
     logits_real = run(judges.disease, orig["test"])
@@ -139,6 +137,74 @@ def evaluate_method(
     query = feats(judges.disease, orig["test"])
     base = feats(judges.disease, anon["train"])
     m[f"retrieval/precision_at_{task.k}"] = precision_at_k(query, test_dis, base, train_dis, task.k)
+    return m
+
+
+def identity_attacks(
+    anon_test: Tensor,
+    orig_train: Tensor,
+    test_ids: Tensor,
+    train_ids: Tensor,
+    judges: Judges,
+    unseen: nn.Module,
+    bs: int,
+) -> dict[str, float]:
+    """Seen and unseen identity classifiers, and linkage of each anonymized test image to the
+    original training images (siamese distance and unseen-network features)."""
+
+    def run(net, x):
+        return collect(net, batched(x, bs))
+
+    def feats(net, x):
+        return collect(net, batched(x, bs), lambda n, b: n.features(b["images"]))
+
+    m = {"privacy/seen_acc": _acc(run(judges.identity, anon_test), test_ids)}
+    logits = run(unseen, anon_test)
+    m["privacy/unseen_acc"] = _acc(logits, test_ids)
+    m["privacy/unseen_top5"] = topk_accuracy(logits, test_ids, 5)
+    for space, embed in (
+        ("siamese", lambda x: run(judges.siamese, x)),
+        ("unseen", lambda x: feats(unseen, x)),
+    ):
+        d = torch.cdist(embed(anon_test).float(), embed(orig_train).float())  # [Q, G]
+        m[f"privacy/link_{space}_rank1"] = rank_k(d, test_ids, train_ids, 1)
+        m[f"privacy/link_{space}_rank5"] = rank_k(d, test_ids, train_ids, 5)
+        same = test_ids[:, None] == train_ids[None, :]
+        m[f"privacy/link_{space}_auc"] = verification_metrics(d[same], d[~same])["auc"]
+    return m
+
+
+def evaluate_counterfactual(
+    ctx, data: ImageData, orig: dict, judges: Judges, unseen, indep, path: str
+) -> dict[str, float]:
+    """Flip rate (training and independent disease networks), proximity outside the ROI,
+    realism and the identity attacks, for the counterfactuals of the test split."""
+    bs = ctx.cfg.trainer.eval_batch_size
+    ck = load_checkpoint(path, "task.counterfactuals.*")
+    where, expect = f"counterfactual checkpoint {path}", {"in_shape": list(data.shape)}
+    enc, dec, cf_dec = (
+        frozen_from(ck, n, ctx.device, where, expect) for n in ("encoder", "decoder", "cf_decoder")
+    )
+    test = data.split_tensors("test")
+    with torch.no_grad():
+        z = torch.cat([enc(b["images"], b["masks"])[0] for b in data.batches("test", bs)])
+        factual = torch.cat([dec(z[i : i + bs]) for i in range(0, len(z), bs)])
+        cf = quantize(torch.cat([cf_dec(z[i : i + bs]) for i in range(0, len(z), bs)]))
+    m = {}
+    for tag, net in (("", judges.disease), ("indep_", indep)):
+        target = target_classes(collect(net, batched(test["images"], bs)), ctx.cfg.task.cf_target)
+        m[f"cf/{tag}flip_rate"] = _acc(collect(net, batched(cf, bs)), target)
+    outside = 1 - test["masks"]
+    m["cf/ssim_outside"] = float(region_ssim(factual, cf, outside).nanmean())
+    m["cf/psnr_outside"] = float(region_psnr(factual, cf, outside).nanmean())
+    m["realism/fid"], m["realism/kid"], _ = fid_kid(
+        test["images"], cf, FeatureExtractor(unseen), bs
+    )
+    m.update(
+        identity_attacks(
+            cf, orig["train"], test["id"], labels_of(data, "train", "id"), judges, unseen, bs
+        )
+    )
     return m
 
 
@@ -177,6 +243,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             ctx.writer.add_scalar(f"{name}/{k}", v, 0)
     if not rows:
         raise PpganError("task.methods: nothing to evaluate")
+    for name, path in (task.counterfactuals or {}).items():
+        if path:
+            log.info("evaluating the counterfactuals of %s", name)
+            rows[f"{name}_cf"] = evaluate_counterfactual(
+                ctx, data, orig, judges, unseen, indep, path
+            )
     grid = rows_grid(grid_rows, out_dir / "samples" / "methods.png")
     ctx.writer.add_image("samples/original|" + "|".join(rows), grid, 0)
 
@@ -189,8 +261,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     metrics = {f"{name}/{k}": v for name, row in rows.items() for k, v in row.items()}
     metrics |= {f"chance/{k}": v for k, v in chance.items()}
     for name, row in rows.items():  # scores for sweeps: higher is better for both
-        metrics[f"{name}/privacy_score"] = 1.0 - row["privacy/unseen_acc"]
-        metrics[f"{name}/utility_score"] = row["utility/indep_acc"]
+        if "utility/indep_acc" in row:
+            metrics[f"{name}/privacy_score"] = 1.0 - row["privacy/unseen_acc"]
+            metrics[f"{name}/utility_score"] = row["utility/indep_acc"]
     report = write_report(rows, chance, task.k, out_dir)
     log.info("report: %s", report)
     return ctx.finish(metrics)
