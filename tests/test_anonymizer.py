@@ -24,10 +24,10 @@ def test_gradient_penalty_zero_for_unit_norm_linear_critic():
         lin.weight /= lin.weight.norm()
     critic = nn.Sequential(nn.Flatten(), lin)
     real, fake = torch.randn(5, 3, 8, 8), torch.randn(5, 3, 8, 8)
-    assert float(gradient_penalty(critic, real, fake)) == pytest.approx(0.0, abs=1e-10)
+    assert float(gradient_penalty(critic, real, fake).detach()) == pytest.approx(0.0, abs=1e-10)
     with torch.no_grad():
         lin.weight *= 3  # gradient norm 3 everywhere: penalty (3 - 1)^2 = 4
-    assert float(gradient_penalty(critic, real, fake)) == pytest.approx(4.0, rel=1e-5)
+    assert float(gradient_penalty(critic, real, fake).detach()) == pytest.approx(4.0, rel=1e-5)
 
 
 def test_kl_known_answers():
@@ -189,3 +189,15 @@ def test_export_refuses_checkpoint_of_other_shape(run, judges):
             "dataset.generator.size=48",
             name="bad",
         )
+
+
+def test_divergence_stops_clearly_and_keeps_last_good_checkpoint(run, judges):
+    args = [*GAN, *judge_overrides(judges)]
+    run(*[a.replace("task.epochs=2", "task.epochs=1") for a in args], name="div")
+    # Resuming with a NaN loss weight makes every generator loss NaN in epoch 2.
+    with pytest.raises(
+        PpganError, match=r"training diverged: \S+ is not finite; last good checkpoint kept"
+    ):
+        run(*args, "model.loss.kl=nan", name="div")
+    _, out = run(*[a.replace("task.epochs=2", "task.epochs=1") for a in args], name="div")
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1

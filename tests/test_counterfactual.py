@@ -106,3 +106,25 @@ def test_explain_panels_show_only_anonymized_cases(run, judges, gan_and_cf, data
         "task=explain", f"task.disease_ckpt={judges['disease']}", "task.indices=[1]", name="explain"
     )
     assert (out / "case_base.pt").stat().st_mtime == mtime
+
+
+def test_explain_an_image_file_and_reject_a_wrong_size(run, judges, gan_and_cf, tmp_path):
+    from PIL import Image
+
+    from ppgan.errors import PpganError
+
+    root, _ = gan_and_cf
+    args = [
+        "task=explain",
+        f"task.disease_ckpt={judges['disease']}",
+        f"task.anonymized_file={root / 'export' / 'anonymized.h5'}",
+    ]
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "eye.png")
+    metrics, out = run(*args, f"task.image={tmp_path / 'eye.png'}", name="file")
+    assert metrics["n_panels"] == 1 and (out / "panels" / "eye.png").exists()
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(
+        PpganError, match=r"task.image: .*big.png is 40x40, the networks expect 32x32"
+    ):
+        run(*args, f"task.image={tmp_path / 'big.png'}", name="file2")

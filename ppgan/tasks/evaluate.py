@@ -51,12 +51,15 @@ def train_attacker(
     labels: str,
     n_classes: int,
     seed: int,
-    cache: bool = True,
 ) -> nn.Module:
-    """Train (or load from this run dir) a network of `task.attacker`'s architecture."""
+    """Train a network of `task.attacker`'s architecture on `images` with labels `labels`.
+
+    Saved under `<run dir>/attackers/` and loaded from there when the evaluation is re-run
+    (a killed evaluation continues without retraining what it already has).
+    """
     task = ctx.cfg.task
     path = ctx.out_dir / "attackers" / f"{name}.pt"
-    if cache and path.is_file():
+    if path.is_file():
         return load_frozen(path, ctx.device, key=f"attackers/{name}.pt")[0]
     torch.manual_seed(seed)  # its own initialisation: a different seed from the judges
     net, spec = build_model(task.attacker, in_shape=list(data.shape), n_classes=n_classes)
@@ -71,8 +74,7 @@ def train_attacker(
         seed,
         ctx.progress,
     )
-    if cache:
-        save_checkpoint(path, snapshot(task.attack.epochs, {"model": (net, spec)}, {}))
+    save_checkpoint(path, snapshot(task.attack.epochs, {"model": (net, spec)}, {}))
     return net.requires_grad_(False)
 
 
