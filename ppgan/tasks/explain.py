@@ -138,7 +138,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     )
     if disease is None:
         raise PpganError("task.disease_ckpt: required (the network whose decisions are explained)")
-    names = list(task.class_names or [f"class {i}" for i in range(data.n_classes)])
+    names = list(task.class_names or cfg.dataset.get("class_names") or [])
+    if len(names) != data.n_classes:
+        names = [f"class {i}" for i in range(data.n_classes)]
     base = case_base(ctx, disease, data.shape)
     enc = cf_dec = None
     if task.counterfactual_ckpt:
