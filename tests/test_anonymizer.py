@@ -74,7 +74,7 @@ def test_each_term_moves_the_generator_the_intended_way():
 
     # identity (MIR): the identity prediction moves toward uniform (its entropy rises).
     def entropy(x):
-        p = net(x).softmax(1)
+        p = net(x).detach().softmax(1)
         return float(-(p * p.log()).sum(1).mean())
 
     target = jittered_uniform(4, 5, jitter=False, device="cpu")
@@ -83,7 +83,7 @@ def test_each_term_moves_the_generator_the_intended_way():
 
     # disease: the prediction on the fake moves toward the prediction on the original.
     def disagreement(x):
-        return float(disease_preservation(net(real), net(x)))
+        return float(disease_preservation(net(real), net(x)).detach())
 
     moved = _step(fake, disease_preservation(net(real), net(fake)))
     assert disagreement(moved) < disagreement(fake.detach())
