@@ -9,7 +9,7 @@ from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
 from ppgan.data import ImageData
-from ppgan.engine.checkpoint import frozen_from, load_checkpoint
+from ppgan.engine.checkpoint import load_frozen_parts
 
 
 class Anonymizer:
@@ -92,10 +92,13 @@ class Generator(Anonymizer):
         self.checkpoint, self.quantize = checkpoint, quantize
 
     def fit(self, data: ImageData) -> Generator:
-        ckpt = load_checkpoint(self.checkpoint, "task.methods.*.checkpoint")
-        where, expect = f"checkpoint {self.checkpoint}", {"in_shape": list(data.shape)}
-        self.enc = frozen_from(ckpt, "encoder", data.device, where, expect)
-        self.dec = frozen_from(ckpt, "decoder", data.device, where, expect)
+        (self.enc, self.dec), _ = load_frozen_parts(
+            self.checkpoint,
+            ("encoder", "decoder"),
+            data.shape,
+            data.device,
+            "task.methods.*.checkpoint",
+        )
         return self
 
     @torch.no_grad()

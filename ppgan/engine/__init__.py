@@ -1,7 +1,13 @@
 """Run plumbing shared by every task: building, devices, seeding, checkpoints, logging."""
 
 from ppgan.engine.build import build, build_model, rebuild
-from ppgan.engine.checkpoint import frozen_from, load_checkpoint, load_frozen, save_checkpoint
+from ppgan.engine.checkpoint import (
+    frozen_from,
+    load_checkpoint,
+    load_frozen,
+    load_frozen_parts,
+    save_checkpoint,
+)
 from ppgan.engine.context import (
     RunContext,
     Selection,
@@ -23,6 +29,7 @@ __all__ = [
     "build_model",
     "load_checkpoint",
     "load_frozen",
+    "load_frozen_parts",
     "rebuild",
     "resolve_device",
     "save_checkpoint",

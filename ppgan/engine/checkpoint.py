@@ -84,3 +84,24 @@ def frozen_from(
     net.load_state_dict(ckpt[which])
     net.to(device).eval().requires_grad_(False)
     return net
+
+
+def load_frozen_parts(
+    path: str | Path | None,
+    parts: tuple[str, ...],
+    in_shape: list[int],
+    device: torch.device | str = "cpu",
+    key: str = "checkpoint",
+) -> tuple[list[nn.Module], dict[str, Any]]:
+    """Several frozen networks of one checkpoint (e.g. a generator's encoder and decoder), each
+    checked against the data's image shape; an empty `path` is a user error naming `key`.
+
+    Returns:
+        The networks in the order of `parts`, and the full checkpoint dict.
+    """
+    if not path:
+        raise PpganError(f"{key}: required (a checkpoint path, e.g. <run dir>/checkpoints/best.pt)")
+    ckpt = load_checkpoint(path, key)
+    expect = {"in_shape": list(in_shape)}
+    nets = [frozen_from(ckpt, name, device, f"{key}: {path}", expect) for name in parts]
+    return nets, ckpt

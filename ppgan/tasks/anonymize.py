@@ -16,26 +16,12 @@ from torch import Tensor
 
 from ppgan.data import SPLITS, ImageData, load_dataset
 from ppgan.data.hdf5 import atomic_h5
-from ppgan.engine import RunContext, frozen_from, load_checkpoint
+from ppgan.engine import RunContext, load_frozen_parts
 from ppgan.engine.images import rows_grid
 from ppgan.errors import PpganError
 from ppgan.models.vae import reparameterize
 
 log = logging.getLogger(__name__)
-
-
-def load_generator(path: str, data: ImageData, device: torch.device, key: str = "task.checkpoint"):
-    """Frozen encoder and decoder of an `anonymizer` checkpoint, checked against the data."""
-    if not path:
-        raise PpganError(
-            f"{key}: required (a checkpoint of task=anonymizer, e.g. <run dir>/checkpoints/best.pt)"
-        )
-    ckpt = load_checkpoint(path, key)
-    where = f"{key}: {path}"
-    expect = {"in_shape": list(data.shape)}
-    enc = frozen_from(ckpt, "encoder", device, where, expect)
-    dec = frozen_from(ckpt, "decoder", device, where, expect)
-    return enc, dec, ckpt
 
 
 def to_source_format(x: Tensor, data: ImageData) -> np.ndarray:
@@ -61,7 +47,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     ctx = RunContext(cfg, out_dir)
     task = cfg.task
     data = load_dataset(cfg.dataset, require_splits=()).to(ctx.device)
-    enc, dec, _ = load_generator(task.checkpoint, data, ctx.device)
+    (enc, dec), _ = load_frozen_parts(
+        task.checkpoint, ("encoder", "decoder"), data.shape, ctx.device, "task.checkpoint"
+    )
     if bad := sorted(set(task.splits) - set(SPLITS)):
         raise PpganError(f"task.splits: unknown splits {bad} (choose from {list(SPLITS)})")
     idx = torch.cat([data.indices(s) for s in task.splits]).sort().values

@@ -21,8 +21,8 @@ from ppgan.engine import (
     Selection,
     build,
     epoch_generator,
-    frozen_from,
     load_checkpoint,
+    load_frozen_parts,
     rebuild,
 )
 from ppgan.engine.context import require_finite
@@ -78,15 +78,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     task = cfg.task
     data = load_dataset(cfg.dataset, require_splits=("train", "val")).to(ctx.device)
     data.require_ids("task=counterfactual")
-    if not task.checkpoint:
-        raise PpganError("task.checkpoint: required (a checkpoint of task=anonymizer)")
-    gan = load_checkpoint(task.checkpoint, "task.checkpoint")
+    (enc, dec), gan = load_frozen_parts(
+        task.checkpoint, ("encoder", "decoder"), data.shape, ctx.device, "task.checkpoint"
+    )
     variant = gan.get("variant")
     if variant not in REQUIRED:
         raise PpganError(f"task.checkpoint: {task.checkpoint} is not a task=anonymizer checkpoint")
-    where, expect = f"task.checkpoint: {task.checkpoint}", {"in_shape": list(data.shape)}
-    enc = frozen_from(gan, "encoder", ctx.device, where, expect)
-    dec = frozen_from(gan, "decoder", ctx.device, where, expect)
     judges = load_judges(task, data, ctx.device, REQUIRED[variant])
     # Same architecture as the factual decoder; warm-started from it (a deviation: the original
     # starts from scratch) so training begins at the factual image and only learns the change.

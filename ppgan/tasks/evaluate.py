@@ -21,9 +21,8 @@ from ppgan.engine import (
     RunContext,
     build,
     build_model,
-    frozen_from,
-    load_checkpoint,
     load_frozen,
+    load_frozen_parts,
     save_checkpoint,
     snapshot,
 )
@@ -182,10 +181,8 @@ def evaluate_counterfactual(
     """Flip rate (training and independent disease networks), proximity outside the ROI,
     realism and the identity attacks, for the counterfactuals of the test split."""
     bs = ctx.cfg.trainer.eval_batch_size
-    ck = load_checkpoint(path, "task.counterfactuals.*")
-    where, expect = f"counterfactual checkpoint {path}", {"in_shape": list(data.shape)}
-    enc, dec, cf_dec = (
-        frozen_from(ck, n, ctx.device, where, expect) for n in ("encoder", "decoder", "cf_decoder")
+    (enc, dec, cf_dec), _ = load_frozen_parts(
+        path, ("encoder", "decoder", "cf_decoder"), data.shape, ctx.device, "task.counterfactuals"
     )
     test = data.split_tensors("test")
     with torch.no_grad():

@@ -20,7 +20,13 @@ from torch import Tensor
 
 from ppgan.data import load_dataset
 from ppgan.data.hdf5 import load_images
-from ppgan.engine import RunContext, frozen_from, load_checkpoint, load_frozen, save_checkpoint
+from ppgan.engine import (
+    RunContext,
+    load_checkpoint,
+    load_frozen,
+    load_frozen_parts,
+    save_checkpoint,
+)
 from ppgan.engine.images import to_unit
 from ppgan.errors import PpganError
 
@@ -144,10 +150,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     base = case_base(ctx, disease, data.shape)
     enc = cf_dec = None
     if task.counterfactual_ckpt:
-        ck = load_checkpoint(task.counterfactual_ckpt, "task.counterfactual_ckpt")
-        where = f"task.counterfactual_ckpt: {task.counterfactual_ckpt}"
-        enc = frozen_from(ck, "encoder", ctx.device, where, {"in_shape": list(data.shape)})
-        cf_dec = frozen_from(ck, "cf_decoder", ctx.device, where, {"in_shape": list(data.shape)})
+        (enc, cf_dec), _ = load_frozen_parts(
+            task.counterfactual_ckpt,
+            ("encoder", "cf_decoder"),
+            data.shape,
+            ctx.device,
+            "task.counterfactual_ckpt",
+        )
     images, masks, labels = queries(ctx, data, data.shape)
     panel_dir = out_dir / "panels"
     panel_dir.mkdir(parents=True, exist_ok=True)
