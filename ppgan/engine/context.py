@@ -127,6 +127,14 @@ class RunContext:
         log.info("resuming from %s (epoch %s)", path, ckpt.get("epoch"))
         return ckpt
 
+    def log_means(self, sums: dict[str, torch.Tensor], count: int, step: int) -> None:
+        """Write on-device sums as means to TensorBoard (one host read per tag and epoch); a
+        non-finite sum stops the run (see `require_finite`)."""
+        for tag, value in sums.items():
+            require_finite(value, tag)
+        for tag, value in sums.items():
+            self.writer.add_scalar(tag, float(value) / count, step)
+
     def resume(self, nets: dict, opts: dict, select: Selection) -> int:
         """Restore networks, optimizers, selection state and RNGs from `last.pt` of this run dir.
 

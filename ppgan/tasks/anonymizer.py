@@ -24,7 +24,6 @@ from ppgan.engine import (
     epoch_generator,
     load_checkpoint,
 )
-from ppgan.engine.context import require_finite
 from ppgan.engine.images import rows_grid
 from ppgan.engine.judges import Judges, load_judges
 from ppgan.errors import PpganError
@@ -46,6 +45,36 @@ def train_stream(data: ImageData, batch_size: int, seed: int, epoch: int) -> Ite
         gen = epoch_generator(seed, epoch * 1000 + n_pass, data.device)
         yield from data.batches("train", batch_size, shuffle=True, generator=gen, drop_last=True)
         n_pass += 1
+
+
+def require_bf16(ctx: RunContext) -> None:
+    """fp16 autocast needs a loss scaler, which the gradient penalty's double backward breaks."""
+    if ctx.amp_dtype == torch.float16:
+        raise PpganError("trainer.amp_dtype=float16: the gradient penalty needs bfloat16 autocast")
+
+
+def critic_phase(
+    ctx: RunContext, critic, opt_c, stream: Iterator[dict], fake_of, n_steps: int, gp_weight: float
+) -> dict[str, Tensor]:
+    """`n_steps` critic steps on the combined WGAN-GP loss, each on a fresh real batch, the fake
+    batch made by `fake_of(batch)` under no_grad. Leaves the critic frozen for the generator phase.
+
+    Returns:
+        The last step's terms (`wasserstein`, `gp`, `loss`), for logging.
+    """
+    critic.requires_grad_(True)
+    for _ in range(n_steps):
+        b = next(stream)
+        with torch.no_grad(), ctx.autocast():
+            fake = fake_of(b)
+        with ctx.autocast():
+            terms = critic_terms(critic, b["images"], fake.float())
+        terms["loss"] = terms["wasserstein"] + gp_weight * terms["gp"]
+        opt_c.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt_c.step()
+    critic.requires_grad_(False)  # the generator's gradients must not train the critic
+    return terms
 
 
 def reference_embeddings(judges: Judges, data: ImageData, gen: torch.Generator, bs: int) -> Tensor:
@@ -103,8 +132,7 @@ def validate(enc, dec, judges: Judges, data: ImageData, cfg: DictConfig) -> dict
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     ctx = RunContext(cfg, out_dir)
     task, m = cfg.task, cfg.model
-    if ctx.amp_dtype == torch.float16:
-        raise PpganError("trainer.amp_dtype=float16: the gradient penalty needs bfloat16 autocast")
+    require_bf16(ctx)
     if m.variant not in REQUIRED:
         raise PpganError(f"model.variant={m.variant}: must be 'mir' or 'sir'")
     data = load_dataset(cfg.dataset, require_splits=("train", "val")).to(ctx.device)
@@ -154,18 +182,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             refs = reference_embeddings(judges, data, gen, cfg.trainer.eval_batch_size)
         sums: dict[str, Tensor] = {}
         for _ in range(iters):
-            critic.requires_grad_(True)
-            for _ in range(m.n_critic):
-                b = next(stream)
-                with torch.no_grad(), ctx.autocast():
-                    fake = dec(reparameterize(*enc(b["images"], b["masks"])))
-                with ctx.autocast():
-                    terms_c = critic_terms(critic, b["images"], fake.float())
-                loss_c = terms_c["wasserstein"] + m.gp_weight * terms_c["gp"]
-                opt_c.zero_grad(set_to_none=True)
-                loss_c.backward()
-                opt_c.step()
-            critic.requires_grad_(False)  # the generator's gradients must not train the critic
+            terms_c = critic_phase(
+                ctx,
+                critic,
+                opt_c,
+                stream,
+                lambda b: dec(reparameterize(*enc(b["images"], b["masks"]))),
+                m.n_critic,
+                m.gp_weight,
+            )
             for _ in range(m.n_gen):
                 b = next(stream)
                 with ctx.autocast():
@@ -181,13 +206,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             # Sums stay on the device: the host reads them once per epoch, not once per step.
             logged = {f"critic/{k}": v for k, v in terms_c.items()}
             logged |= {f"gen/{k}": v for k, v in terms_g.items()}
-            logged |= {"critic/loss": loss_c, "gen/total": loss_g}
+            logged["gen/total"] = loss_g
             for k, v in logged.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
-        for k, v in sums.items():
-            require_finite(v, k)
-        for k, v in sums.items():
-            ctx.writer.add_scalar(k, float(v) / iters, epoch + 1)
+        ctx.log_means(sums, iters, epoch + 1)
         val = validate(enc, dec, judges, data, cfg)
         for k, v in val.items():
             ctx.writer.add_scalar(f"val/{k}", v, epoch + 1)

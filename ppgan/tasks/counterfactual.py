@@ -25,16 +25,21 @@ from ppgan.engine import (
     load_frozen_parts,
     rebuild,
 )
-from ppgan.engine.context import require_finite
 from ppgan.engine.images import rows_grid
 from ppgan.engine.judges import load_judges
 from ppgan.errors import PpganError
-from ppgan.losses.adversarial import critic_terms, generator_adversarial
+from ppgan.losses.adversarial import generator_adversarial
 from ppgan.losses.combine import weighted_sum
 from ppgan.losses.counterfactual import robust_disease_flip, target_classes
 from ppgan.losses.generator import privacy_terms
 from ppgan.losses.utility import roi_complement
-from ppgan.tasks.anonymizer import REQUIRED, reference_embeddings, train_stream
+from ppgan.tasks.anonymizer import (
+    REQUIRED,
+    critic_phase,
+    reference_embeddings,
+    require_bf16,
+    train_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,7 @@ def validate(enc, dec, cf_dec, judges, data, cfg: DictConfig) -> dict[str, float
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     ctx = RunContext(cfg, out_dir)
     task = cfg.task
+    require_bf16(ctx)
     data = load_dataset(cfg.dataset, require_splits=("train", "val")).to(ctx.device)
     data.require_ids("task=counterfactual")
     (enc, dec), gan = load_frozen_parts(
@@ -121,29 +127,30 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             refs = reference_embeddings(judges, data, gen, cfg.trainer.eval_batch_size)
         sums: dict[str, torch.Tensor] = {}
         for _ in range(iters):
-            critic.requires_grad_(True)
-            for _ in range(task.n_critic):
-                b = next(stream)
-                with torch.no_grad():
-                    cf = cf_dec(enc(b["images"], b["masks"])[0])
-                terms_c = critic_terms(critic, b["images"], cf)
-                loss_c = terms_c["wasserstein"] + task.gp_weight * terms_c["gp"]
-                opt_c.zero_grad(set_to_none=True)
-                loss_c.backward()
-                opt_c.step()
-            critic.requires_grad_(False)
+            terms_c = critic_phase(
+                ctx,
+                critic,
+                opt_c,
+                stream,
+                lambda b: cf_dec(enc(b["images"], b["masks"])[0]),
+                task.n_critic,
+                task.gp_weight,
+            )
             b = next(stream)
-            with torch.no_grad():  # the frozen stage-1 networks: no gradient, no BN updates
+            with torch.no_grad(), ctx.autocast():  # frozen stage 1: no gradient, no BN updates
                 z = enc(b["images"], b["masks"])[0]
                 factual = dec(z)
                 target = target_classes(judges.disease(b["images"]), task.target_class)
-            cf = cf_dec(z)
-            terms = {
-                "disease": robust_disease_flip(judges.disease, cf, target, **robust),
-                "roi_complement": roi_complement(factual, cf, b["masks"]),
-                "adv": generator_adversarial(critic, cf),
-                **privacy_terms(cf, b["images"], judges, variant, privacy_w, margin, True, refs),
-            }
+            with ctx.autocast():
+                cf = cf_dec(z)
+                terms = {
+                    "disease": robust_disease_flip(judges.disease, cf, target, **robust),
+                    "roi_complement": roi_complement(factual.float(), cf.float(), b["masks"]),
+                    "adv": generator_adversarial(critic, cf),
+                    **privacy_terms(
+                        cf, b["images"], judges, variant, privacy_w, margin, True, refs
+                    ),
+                }
             loss_g = weighted_sum(terms, weights)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
@@ -152,9 +159,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             logged |= {f"cf/{k}": v for k, v in terms.items()}
             for k, v in logged.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
-        for k, v in sums.items():
-            require_finite(v, k)
-            ctx.writer.add_scalar(k, float(v) / iters, epoch + 1)
+        ctx.log_means(sums, iters, epoch + 1)
         val = validate(enc, dec, cf_dec, judges, data, cfg)
         for k, v in val.items():
             ctx.writer.add_scalar(f"val/{k}", v, epoch + 1)
