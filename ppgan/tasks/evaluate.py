@@ -91,35 +91,66 @@ def anonymize_all(method: Anonymizer, data: ImageData, bs: int) -> dict[str, Ten
     return out
 
 
+def _outputs(net: nn.Module, x: Tensor, bs: int) -> Tensor:
+    return collect(net, batched(x, bs))
+
+
+def _features(net: nn.Module, x: Tensor, bs: int) -> Tensor:
+    return collect(net, batched(x, bs), lambda n, b: n.features(b["images"]))
+
+
+def linkage_spaces(judges: Judges, unseen: nn.Module, bs: int) -> dict:
+    """The embeddings linkage ranks by: siamese embedding and unseen-network features."""
+    return {
+        "siamese": lambda x: _outputs(judges.siamese, x, bs).float(),
+        "unseen": lambda x: _features(unseen, x, bs).float(),
+    }
+
+
+def original_references(orig: dict, judges: Judges, unseen: nn.Module, bs: int) -> dict:
+    """What every method is compared against, computed once: the original training images in
+    each linkage space, and the disease network's logits and features on the original test set."""
+    spaces = linkage_spaces(judges, unseen, bs)
+    return {
+        "gallery": {space: embed(orig["train"]) for space, embed in spaces.items()},
+        "disease_logits": _outputs(judges.disease, orig["test"], bs),
+        "disease_features": _features(judges.disease, orig["test"], bs),
+    }
+
+
 def evaluate_method(
-    ctx, data: ImageData, orig: dict, anon: dict, judges: Judges, unseen, indep, name: str
+    ctx,
+    data: ImageData,
+    orig: dict,
+    anon: dict,
+    judges: Judges,
+    unseen,
+    indep,
+    name: str,
+    ref: dict,
 ) -> dict[str, float]:
-    """Every metric of one anonymizer, as a flat dict."""
+    """Every metric of one anonymizer, as a flat dict (`ref`: see `original_references`)."""
     task, bs, seed = ctx.cfg.task, ctx.cfg.trainer.eval_batch_size, ctx.seed
     test_ids, train_ids = labels_of(data, "test", "id"), labels_of(data, "train", "id")
     test_dis, train_dis = labels_of(data, "test", "dis"), labels_of(data, "train", "dis")
     masks = data.split_tensors("test")["masks"]
-
-    def run(net, x):
-        return collect(net, batched(x, bs))
-
-    def feats(net, x):
-        return collect(net, batched(x, bs), lambda n, b: n.features(b["images"]))
-
     m: dict[str, float] = {}
 
     # Privacy: seen, unseen and adaptive identity classifiers; linkage to the originals.
-    m.update(identity_attacks(anon["test"], orig["train"], test_ids, train_ids, judges, unseen, bs))
+    m.update(
+        identity_attacks(anon["test"], ref["gallery"], test_ids, train_ids, judges, unseen, bs)
+    )
     adaptive = train_attacker(ctx, f"adaptive_{name}", data, anon, "id", data.n_ids, seed + 3)
-    m["privacy/adaptive_acc"] = _acc(run(adaptive, anon["test"]), test_ids)
+    m["privacy/adaptive_acc"] = _acc(_outputs(adaptive, anon["test"], bs), test_ids)
 
     # Utility: disease recognition on anonymized test images.
-    logits_real = run(judges.disease, orig["test"])
-    logits = run(judges.disease, anon["test"])
+    logits = _outputs(judges.disease, anon["test"], bs)
     for k, v in classification_metrics(logits, test_dis, data.n_classes).items():
         m[f"utility/disease_{k}"] = v
-    m["utility/agreement"] = _acc(logits, logits_real.argmax(1))
-    for k, v in classification_metrics(run(indep, anon["test"]), test_dis, data.n_classes).items():
+    m["utility/agreement"] = _acc(logits, ref["disease_logits"].argmax(1))
+    for k, v in classification_metrics(
+        _outputs(indep, anon["test"], bs), test_dis, data.n_classes
+    ).items():
         m[f"utility/indep_{k}"] = v
 
     # Realism in the unseen identity network's feature space (in-domain, never seen by the GAN).
@@ -135,15 +166,16 @@ def evaluate_method(
             )
 
     # Retrieval: nearest anonymized training cases of each (original) test query, disease features.
-    query = feats(judges.disease, orig["test"])
-    base = feats(judges.disease, anon["train"])
-    m[f"retrieval/precision_at_{task.k}"] = precision_at_k(query, test_dis, base, train_dis, task.k)
+    base = _features(judges.disease, anon["train"], bs)
+    m[f"retrieval/precision_at_{task.k}"] = precision_at_k(
+        ref["disease_features"], test_dis, base, train_dis, task.k
+    )
     return m
 
 
 def identity_attacks(
     anon_test: Tensor,
-    orig_train: Tensor,
+    gallery: dict[str, Tensor],
     test_ids: Tensor,
     train_ids: Tensor,
     judges: Judges,
@@ -151,23 +183,13 @@ def identity_attacks(
     bs: int,
 ) -> dict[str, float]:
     """Seen and unseen identity classifiers, and linkage of each anonymized test image to the
-    original training images (siamese distance and unseen-network features)."""
-
-    def run(net, x):
-        return collect(net, batched(x, bs))
-
-    def feats(net, x):
-        return collect(net, batched(x, bs), lambda n, b: n.features(b["images"]))
-
-    m = {"privacy/seen_acc": _acc(run(judges.identity, anon_test), test_ids)}
-    logits = run(unseen, anon_test)
+    original training images, whose embeddings in each linkage space are `gallery`."""
+    m = {"privacy/seen_acc": _acc(_outputs(judges.identity, anon_test, bs), test_ids)}
+    logits = _outputs(unseen, anon_test, bs)
     m["privacy/unseen_acc"] = _acc(logits, test_ids)
     m["privacy/unseen_top5"] = topk_accuracy(logits, test_ids, 5)
-    for space, embed in (
-        ("siamese", lambda x: run(judges.siamese, x)),
-        ("unseen", lambda x: feats(unseen, x)),
-    ):
-        d = torch.cdist(embed(anon_test).float(), embed(orig_train).float())  # [Q, G]
+    for space, embed in linkage_spaces(judges, unseen, bs).items():
+        d = torch.cdist(embed(anon_test), gallery[space])  # [Q, G]
         m[f"privacy/link_{space}_rank1"] = rank_k(d, test_ids, train_ids, 1)
         m[f"privacy/link_{space}_rank5"] = rank_k(d, test_ids, train_ids, 5)
         same = test_ids[:, None] == train_ids[None, :]
@@ -176,7 +198,7 @@ def identity_attacks(
 
 
 def evaluate_counterfactual(
-    ctx, data: ImageData, orig: dict, judges: Judges, unseen, indep, path: str
+    ctx, data: ImageData, ref: dict, judges: Judges, unseen, indep, path: str
 ) -> dict[str, float]:
     """Flip rate (training and independent disease networks), proximity outside the ROI,
     realism and the identity attacks, for the counterfactuals of the test split."""
@@ -201,7 +223,7 @@ def evaluate_counterfactual(
     )
     m.update(
         identity_attacks(
-            cf, orig["train"], test["id"], labels_of(data, "train", "id"), judges, unseen, bs
+            cf, ref["gallery"], test["id"], labels_of(data, "train", "id"), judges, unseen, bs
         )
     )
     return m
@@ -227,6 +249,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         ctx, "independent_disease", data, orig, "dis", data.n_classes, ctx.seed + 2
     )
 
+    ref = original_references(orig, judges, unseen, cfg.trainer.eval_batch_size)
     rows: dict[str, dict[str, float]] = {}
     grid_rows = [orig["test"][: task.n_samples]]
     for name, node in task.methods.items():
@@ -236,7 +259,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         method = build(node).fit(data)
         log.info("evaluating %s", name)
         anon = anonymize_all(method, data, cfg.trainer.eval_batch_size)
-        rows[name] = evaluate_method(ctx, data, orig, anon, judges, unseen, indep, name)
+        rows[name] = evaluate_method(ctx, data, orig, anon, judges, unseen, indep, name, ref)
         grid_rows.append(anon["test"][: task.n_samples])
         for k, v in rows[name].items():
             ctx.writer.add_scalar(f"{name}/{k}", v, 0)
@@ -246,7 +269,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         if path:
             log.info("evaluating the counterfactuals of %s", name)
             rows[f"{name}_cf"] = evaluate_counterfactual(
-                ctx, data, orig, judges, unseen, indep, path
+                ctx, data, ref, judges, unseen, indep, path
             )
     grid = rows_grid(grid_rows, out_dir / "samples" / "methods.png")
     ctx.writer.add_image("samples/original|" + "|".join(rows), grid, 0)
