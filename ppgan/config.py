@@ -8,8 +8,21 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-# Absolute, so both `python -m ppgan` and the installed `ppgan` console script find it.
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _find_conf_dir() -> Path:
+    """`ppgan/conf` in an installed wheel, `conf/` beside the package in a checkout.
+
+    Absolute, so both `python -m ppgan` and the installed `ppgan` console script find it.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"ppgan's configs are missing: no conf/config.yaml in or beside {here}")
+
+
+CONF_DIR = _find_conf_dir()
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
