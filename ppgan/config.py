@@ -9,7 +9,6 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 
-
 def _find_conf_dir() -> Path:
     """`ppgan/conf` in an installed wheel, `conf/` beside the package in a checkout.
 

@@ -51,5 +51,7 @@ def test_same_seed_same_metrics(run):
 
 def test_resume_refuses_a_different_model(run):
     run("task=identity", "task.epochs=1", name="x")
-    with pytest.raises(PpganError, match="different 'model' network"):
+    with pytest.raises(PpganError, match=r"another config \(model.hidden: 32 -> 8\)"):
         run("task=identity", "task.epochs=2", "model.hidden=8", name="x")
+    with pytest.raises(PpganError, match=r"another config \(optimizer.lr"):
+        run("task=identity", "task.epochs=2", "optimizer.lr=0.5", name="x")

@@ -46,11 +46,20 @@ def load_dataset(
         log.info("generating the built-in synthetic iris data set into %s", path)
         synthesize(synthetic_spec(ds_cfg), path)
     mask_path = ds_cfg.get("mask_path")
-    return load_images(
+    data = load_images(
         path,
         mask_path=to_absolute_path(str(mask_path)) if mask_path else None,
         split_codes=ds_cfg.split_codes,
         remap_labels=ds_cfg.remap_labels,
         require_splits=require_splits,
         in_memory_max_gb=ds_cfg.in_memory_max_gb,
+        float_range=ds_cfg.get("float_range", "auto"),
     )
+    if not data.has_masks:
+        log.warning(
+            "%s: no ROI masks (key 'masks' or dataset.mask_path): the ROI terms and ROI metrics "
+            "use the whole image, and counterfactuals are kept close to the factual image "
+            "everywhere",
+            path,
+        )
+    return data

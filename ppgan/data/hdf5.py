@@ -68,13 +68,53 @@ def _contiguous(labels: np.ndarray, path: Path, key: str, remap: bool) -> tuple[
     return np.searchsorted(values, labels), len(values)
 
 
-def _to_float(images: np.ndarray) -> Tensor:
-    """uint8 [0,255] or float [-1,1], (n,H,W[,C]) -> float32 [n,C,H,W] in [-1,1] (METHOD.md)."""
+FLOAT_RANGES = ("auto", "signed", "unit")
+
+
+def _to_float(images: np.ndarray, float_range: str = "signed") -> Tensor:
+    """uint8 [0,255], float [-1,1] (`signed`) or float [0,1] (`unit`), (n,H,W[,C]) -> float32
+    [n,C,H,W] in [-1,1], the generator's tanh range (paper, Sec. III)."""
     x = torch.from_numpy(np.ascontiguousarray(images))
-    x = (x.float() - 127.5) / 127.5 if x.dtype == torch.uint8 else x.float()
+    if x.dtype == torch.uint8:
+        x = (x.float() - 127.5) / 127.5
+    elif float_range == "unit":
+        x = x.float() * 2 - 1
+    else:
+        x = x.float()
     if x.ndim == 3:
         x = x.unsqueeze(-1)
     return x.permute(0, 3, 1, 2).contiguous()
+
+
+def _float_range(ds: h5py.Dataset, path: Path, wanted: str) -> str:
+    """Check a float image array chunk by chunk and decide how to read it: `signed` [-1, 1] or
+    `unit` [0, 1]. `auto` reads an array with no negative pixel as [0, 1] (with a warning: a
+    [0, 1] file read as [-1, 1] would train on washed-out images without any error)."""
+    if wanted not in FLOAT_RANGES:
+        raise PpganError(f"dataset.float_range={wanted}: choose from {list(FLOAT_RANGES)}")
+    lo, hi = np.inf, -np.inf
+    for start in range(0, len(ds), _CHUNK):
+        x = ds[start : start + _CHUNK]
+        if not np.isfinite(x).all():
+            raise _fail(path, "images", f"non-finite pixels (first chunk at image {start})")
+        lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+    if wanted == "auto":
+        wanted = "unit" if lo >= 0 else "signed"
+        if wanted == "unit":
+            log.warning(
+                "%s: float images have no negative pixel: read as [0, 1] and rescaled to [-1, 1] "
+                "(set dataset.float_range=signed if they are [-1, 1] images)",
+                path,
+            )
+    bounds = (0.0, 1.0) if wanted == "unit" else (-1.0, 1.0)
+    if lo < bounds[0] - 1e-6 or hi > bounds[1] + 1e-6:
+        raise _fail(
+            path,
+            "images",
+            f"float pixels in [{lo:.3g}, {hi:.3g}], outside [{bounds[0]:g}, {bounds[1]:g}] "
+            f"(dataset.float_range={wanted}; uint8 [0, 255] or float [-1, 1] / [0, 1] expected)",
+        )
+    return wanted
 
 
 @dataclass
@@ -99,6 +139,7 @@ class ImageData:
     has_masks: bool = False
     source_dtype: str = "uint8"
     source_rank: int = 4  # 3 for (N,H,W) files: exports keep the layout
+    float_range: str = "signed"  # float files: `signed` [-1, 1] or `unit` [0, 1]; exports keep it
     _h5: h5py.File | None = field(default=None, repr=False)
     _mask_h5: h5py.File | None = field(default=None, repr=False)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -141,7 +182,8 @@ class ImageData:
             # h5py reads need unique increasing indices; `inverse` restores the requested order.
             order, inverse = np.unique(idx.cpu().numpy(), return_inverse=True)
             inverse = torch.from_numpy(inverse)
-            images = _to_float(self._h5["images"][order])[inverse].to(self.device)
+            images = _to_float(self._h5["images"][order], self.float_range)[inverse]
+            images = images.to(self.device)
             if self._mask_h5 is not None:
                 masks = torch.from_numpy(self._mask_h5["masks"][order] != 0)[inverse]
                 masks = masks.float().unsqueeze(1).to(self.device)
@@ -187,6 +229,8 @@ def load_images(
     remap_labels: bool = True,
     require_splits: tuple[str, ...] = ("train", "val"),
     in_memory_max_gb: float = 4.0,
+    float_range: str = "auto",
+    min_classes: int = 2,
 ) -> ImageData:
     """Open, validate and (when it fits) load an HDF5 data set.
 
@@ -200,9 +244,42 @@ def load_images(
         remap_labels: renumber non-contiguous `id`/`dis` labels (with a warning), not refuse.
         require_splits: splits that must not be empty.
         in_memory_max_gb: larger image arrays (as float32) are read lazily, batch by batch.
+        float_range: float images are `signed` [-1, 1], `unit` [0, 1], or `auto` (no negative
+            pixel: [0, 1], with a warning).
+        min_classes: fewer disease classes is an error (a one-class "classifier" learns nothing).
     """
-    path = Path(path)
+    try:
+        return _load_images(
+            Path(path),
+            mask_path,
+            split_codes,
+            remap_labels,
+            require_splits,
+            in_memory_max_gb,
+            float_range,
+            min_classes,
+        )
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        # A truncated or foreign file can pass the header checks and fail on a read; h5py then
+        # raises one of these. Every problem with the file is a one-line user error.
+        raise PpganError(
+            f"{path}: cannot read ({type(exc).__name__}: {exc})".splitlines()[0]
+        ) from exc
+
+
+def _load_images(
+    path: Path,
+    mask_path: str | Path | None,
+    split_codes: Mapping[str, int] | None,
+    remap_labels: bool,
+    require_splits: tuple[str, ...],
+    in_memory_max_gb: float,
+    float_range: str,
+    min_classes: int,
+) -> ImageData:
     codes = dict(split_codes or DEFAULT_SPLIT_CODES)
+    if path.is_dir():
+        raise PpganError(f"{path}: is a directory, expected an HDF5 file")
     if not path.is_file():
         raise PpganError(f"{path}: file does not exist")
     try:
@@ -232,8 +309,10 @@ def load_images(
         raise _fail(path, "images", "is empty")
 
     dis, n_classes = _contiguous(_read_labels(f, path, "dis", n), path, "dis", remap_labels)
-    if n_classes < 2:
-        log.warning("%s: 'dis' has a single class", path)
+    if n_classes < min_classes:
+        raise _fail(
+            path, "dis", f"has {n_classes} disease class(es); at least {min_classes} are needed"
+        )
     ids, n_ids = None, 0
     if "id" in f:
         ids, n_ids = _contiguous(_read_labels(f, path, "id", n), path, "id", remap_labels)
@@ -278,17 +357,13 @@ def load_images(
         source_rank=ds.ndim,
         split_codes=codes,
     )
+    if ds.dtype.kind == "f":
+        data.float_range = _float_range(ds, path, float_range)
     lazy = n * c * h * w * 4 > in_memory_max_gb * 2**30
     chunks = []
-    for start in range(0, n, _CHUNK):
-        x = ds[start : start + _CHUNK]
-        if x.dtype.kind == "f" and (not np.isfinite(x).all() or np.abs(x).max() > 1.0 + 1e-6):
-            bad = (
-                "non-finite pixels" if not np.isfinite(x).all() else "float pixels outside [-1, 1]"
-            )
-            raise _fail(path, "images", f"{bad} (first chunk at image {start})")
-        if not lazy:
-            chunks.append(_to_float(x))
+    if not lazy:
+        for start in range(0, n, _CHUNK):
+            chunks.append(_to_float(ds[start : start + _CHUNK], data.float_range))
     if lazy:
         log.info("%s: %d images do not fit in %.1f GB, reading lazily", path, n, in_memory_max_gb)
         data._h5, data._mask_h5 = f, mask_file

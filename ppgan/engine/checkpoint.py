@@ -72,6 +72,8 @@ def frozen_from(
     if f"{which}_spec" not in ckpt:
         raise PpganError(f"{where} holds no network '{which}' (keys: {sorted(ckpt)})")
     spec = ckpt[f"{which}_spec"]
+    if not isinstance(spec, dict):
+        raise PpganError(f"{where}: network '{which}' has no valid spec")
     for name, want in (expect or {}).items():
         have = spec.get(name)
         if isinstance(want, tuple):
@@ -80,8 +82,13 @@ def frozen_from(
             raise PpganError(
                 f"{where} was trained with {name}={have}, but this data needs {name}={want}"
             )
-    net = rebuild(spec)
-    net.load_state_dict(ckpt[which])
+    net = rebuild(spec, where)
+    try:
+        net.load_state_dict(ckpt[which])
+    except (RuntimeError, KeyError) as exc:  # a spec that does not match its weights
+        raise PpganError(
+            f"{where}: weights of '{which}' do not fit its spec: {exc}".splitlines()[0]
+        ) from exc
     net.to(device).eval().requires_grad_(False)
     return net
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import math
 import os
 import random
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,15 +46,68 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator for one epoch's shuffling/sampling, a function of (seed, epoch) only.
+def _stream_id(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+def epoch_generator(
+    seed: int,
+    epoch: int,
+    device: torch.device | str = "cpu",
+    stream: str = "shuffle",
+    n_pass: int = 0,
+) -> torch.Generator:
+    """A generator for one epoch's shuffling/sampling, a function of (seed, stream, epoch, pass).
 
     Because the order does not depend on how many epochs ran in this process, a resumed run
-    draws exactly the batches an uninterrupted run would have drawn.
+    draws exactly the batches an uninterrupted run would have drawn. The four numbers are mixed
+    by `numpy.random.SeedSequence`, so no two (seed, stream, epoch, pass) share a stream (an
+    affine formula such as `seed * K + epoch` collides: seed 0 at epoch K equals seed 1 at 0).
     """
+    if min(seed, epoch, n_pass) < 0:
+        raise ValueError(f"epoch_generator: negative seed/epoch/pass ({seed}, {epoch}, {n_pass})")
+    state = np.random.SeedSequence([seed, _stream_id(stream), epoch, n_pass]).generate_state(2)
     g = torch.Generator(device=device)
-    g.manual_seed(seed * 100_003 + epoch)
+    g.manual_seed(int(state[0]) << 32 | int(state[1]))
     return g
+
+
+def fit_batch_size(n: int, batch_size: int, what: str) -> int:
+    """The batch size for a split of `n` images: `batch_size`, or `n` (with a warning) when the
+    split is smaller, so that a loop that drops the last incomplete batch still gets one batch
+    per pass instead of none (which would never end). An empty split is a user error.
+    """
+    if n == 0:
+        raise PpganError(f"{what}: the training split is empty")
+    if n < batch_size:
+        log.warning(
+            "%s: only %d training images, fewer than task.batch_size=%d; using batches of %d",
+            what,
+            n,
+            batch_size,
+            n,
+        )
+        return n
+    return batch_size
+
+
+# Keys that say where things are, not what is trained: a run dir may be resumed after they change.
+# `task.epochs` is the budget, not the schedule (each epoch's randomness is a function of the
+# seed and the epoch alone), so a finished run may be extended by resuming with more epochs.
+_NOT_SHAPING = ("dataset.data_dir", "dataset.in_memory_max_gb", "task.epochs")
+
+
+def training_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config that shapes training, flattened to `group.key: value`.
+
+    Stored in every training checkpoint; resuming a run dir with a different one is refused.
+    """
+    flat = flatten_groups(cfg, ("model", "task", "dataset", "optimizer"))
+    return {k: v for k, v in flat.items() if k not in _NOT_SHAPING}
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -63,19 +119,24 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The config groups that define a run, flattened to scalars for TensorBoard's HParams tab."""
-    out: dict[str, Any] = {"seed": cfg.seed}
-    for group in ("task", "model", "optimizer", "dataset"):
-        node = OmegaConf.to_container(cfg.get(group) or {}, resolve=True)
-        stack = [(group, node)]
+    return {
+        k: v if isinstance(v, bool | int | float | str) else str(v)
+        for k, v in flatten_groups(cfg, ("task", "model", "optimizer", "dataset")).items()
+    }
+
+
+def flatten_groups(cfg: DictConfig, groups: tuple[str, ...]) -> dict[str, Any]:
+    """`seed` and the resolved config groups `groups`, flattened to `group.key: value`."""
+    out: dict[str, Any] = {"seed": cfg.get("seed")}
+    for group in groups:
+        stack = [(group, OmegaConf.to_container(cfg.get(group) or {}, resolve=True))]
         while stack:
             prefix, value = stack.pop()
-            if isinstance(value, dict):
+            if isinstance(value, dict) and value:
                 stack.extend((f"{prefix}.{k}", v) for k, v in value.items())
-            elif isinstance(value, bool | int | float | str):
-                out[prefix] = value
             else:
-                out[prefix] = str(value)
-    return out
+                out[prefix] = value
+    return dict(sorted(out.items()))
 
 
 class RunContext:
@@ -92,6 +153,7 @@ class RunContext:
         amp = bool(cfg.trainer.amp) and self.device.type == "cuda"
         self.amp_dtype = getattr(torch, cfg.trainer.amp_dtype) if amp else None
         self._writer: SummaryWriter | None = None
+        self.train_config = training_config(cfg)
 
     @property
     def writer(self) -> SummaryWriter:
@@ -143,15 +205,48 @@ class RunContext:
         """
         if (ckpt := self.resume_state()) is None:
             return 0
+        self.check_same_config(ckpt)
         restore(ckpt, nets, opts)
         select.load_state_dict(ckpt["selection"])
         return ckpt["epoch"]
+
+    def check_same_config(self, ckpt: dict[str, Any]) -> None:
+        """Refuse to resume a run dir whose training config differs from this run's."""
+        saved = ckpt.get("train_config")
+        if saved is None:
+            raise PpganError(
+                "hydra.run.dir: last.pt does not record the config it was trained with "
+                "(written by an older ppgan); start a new run dir"
+            )
+        if config_hash(saved) == config_hash(self.train_config):
+            return
+        keys = sorted(
+            k
+            for k in saved.keys() | self.train_config.keys()
+            if saved.get(k, "<unset>") != self.train_config.get(k, "<unset>")
+        )
+        shown = ", ".join(
+            f"{k}: {saved.get(k, '<unset>')!r} -> {self.train_config.get(k, '<unset>')!r}"
+            for k in keys[:4]
+        )
+        more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+        raise PpganError(
+            f"hydra.run.dir: {self.out_dir} was trained with another config ({shown}{more}); "
+            "resume with the original overrides or use a new run dir"
+        )
 
     def end_epoch(
         self, epoch: int, nets: dict, opts: dict, select: Selection, improved: bool, **extra: Any
     ) -> None:
         """Checkpoint a finished epoch: always `last.pt`, and `best.pt` when it improved."""
-        payload = snapshot(epoch + 1, nets, opts, selection=select.state_dict(), **extra)
+        payload = snapshot(
+            epoch + 1,
+            nets,
+            opts,
+            selection=select.state_dict(),
+            train_config=self.train_config,
+            **extra,
+        )
         if improved:
             self.save("best", payload)
         self.save("last", payload)
@@ -190,11 +285,16 @@ class Selection:
         self.best_epoch, self.bad_epochs = -1, 0
 
     def update(self, score: tuple[float, ...], epoch: int) -> bool:
-        """Record `score` of `epoch`; True when it is a new best (never during the warm-up)."""
+        """Record `score` of `epoch`; True when it is a new best (never during the warm-up).
+
+        A non-finite entry (NaN, inf) counts as the worst possible value (+inf): it can be a best
+        only until any finite score arrives, and never blocks one (NaN compares false to all).
+        """
         if epoch < self.warmup:
             return False
-        if self.best is None or list(score) < self.best:
-            self.best, self.best_epoch, self.bad_epochs = list(score), epoch, 0
+        score_ = [float(v) if math.isfinite(v) else math.inf for v in score]
+        if self.best is None or score_ < self.best:
+            self.best, self.best_epoch, self.bad_epochs = score_, epoch, 0
             return True
         self.bad_epochs += 1
         return False
@@ -207,11 +307,9 @@ class Selection:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.best_epoch, self.bad_epochs = (
-            state["best"],
-            state["best_epoch"],
-            state["bad_epochs"],
-        )
+        best = state["best"]
+        self.best = None if best is None else [v if math.isfinite(v) else math.inf for v in best]
+        self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
 
 
 def snapshot(

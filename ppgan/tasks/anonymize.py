@@ -31,6 +31,8 @@ def to_source_format(x: Tensor, data: ImageData) -> np.ndarray:
         x = x[..., 0]
     if data.source_dtype == "uint8":
         return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    if data.float_range == "unit":  # a [0, 1] file gets a [0, 1] export
+        x = (x + 1) / 2
     return x.cpu().numpy().astype(data.source_dtype)
 
 

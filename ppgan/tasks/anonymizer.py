@@ -22,6 +22,7 @@ from ppgan.engine import (
     build,
     build_model,
     epoch_generator,
+    fit_batch_size,
     load_checkpoint,
 )
 from ppgan.engine.images import rows_grid
@@ -39,10 +40,16 @@ REQUIRED = {"mir": ("disease", "identity"), "sir": ("disease", "siamese")}
 
 
 def train_stream(data: ImageData, batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
-    """Endless shuffled training batches for one epoch, a function of (seed, epoch) only."""
+    """Endless shuffled training batches for one epoch, a function of (seed, epoch) only.
+
+    `batch_size` must not exceed the training split (see `fit_batch_size`): with the last
+    incomplete batch dropped, a pass would otherwise yield nothing and the stream never end.
+    """
+    if batch_size > len(data.indices("train")):
+        raise ValueError(f"batch_size={batch_size} exceeds the training split")
     n_pass = 0
     while True:
-        gen = epoch_generator(seed, epoch * 1000 + n_pass, data.device)
+        gen = epoch_generator(seed, epoch, data.device, stream="train", n_pass=n_pass)
         yield from data.batches("train", batch_size, shuffle=True, generator=gen, drop_last=True)
         n_pass += 1
 
@@ -160,7 +167,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         "n_classes": data.n_classes,
     }
     fixed = data.batch(data.indices("val")[: task.n_samples])
-    iters = max(1, len(data.indices("train")) // task.batch_size)
+    n_train = len(data.indices("train"))
+    batch_size = fit_batch_size(n_train, task.batch_size, "task=anonymizer")
+    iters = max(1, n_train // batch_size)
     log.info(
         "task=anonymizer model.variant=%s: %d epochs x %d iterations (%d critic + %d gen "
         "steps each) on %s",
@@ -175,10 +184,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         range(start, task.epochs), desc=f"pp_{m.variant}", initial=start, total=task.epochs
     )
     for epoch in bar:
-        stream = train_stream(data, task.batch_size, ctx.seed, epoch)
+        stream = train_stream(data, batch_size, ctx.seed, epoch)
         refs = None
         if m.variant == "sir":
-            gen = epoch_generator(ctx.seed, epoch, data.device)
+            gen = epoch_generator(ctx.seed, epoch, data.device, stream="references")
             refs = reference_embeddings(judges, data, gen, cfg.trainer.eval_batch_size)
         sums: dict[str, Tensor] = {}
         for _ in range(iters):

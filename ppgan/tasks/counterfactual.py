@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from ppgan.data import load_dataset
+from ppgan.data import ImageData, load_dataset
 from ppgan.engine import (
     RunContext,
     Selection,
     build,
     epoch_generator,
+    fit_batch_size,
     load_checkpoint,
     load_frozen_parts,
     rebuild,
@@ -68,7 +69,7 @@ def validate(enc, dec, cf_dec, judges, data, cfg: DictConfig) -> dict[str, float
             robust = flipped
         sums["flip_rate"] += float(flipped.sum())
         sums["robust_flip_rate"] += float(robust.sum())
-        sums["roi_complement"] += float(roi_complement(factual, cf, b["masks"])) * len(z)
+        sums["roi_complement"] += float(roi_complement(factual, cf, roi_of(data, b))) * len(z)
         if judges.identity is not None:
             sums["identity_acc"] += float((judges.identity(cf).argmax(1) == b["id"]).sum())
         n += len(z)
@@ -76,6 +77,14 @@ def validate(enc, dec, cf_dec, judges, data, cfg: DictConfig) -> dict[str, float
     val = {k: v / n for k, v in sums.items()}
     val["score"] = (1 - val["robust_flip_rate"]) + cfg.task.selection_roi * val["roi_complement"]
     return val
+
+
+def roi_of(data: ImageData, b: dict) -> torch.Tensor:
+    """The region the counterfactual may change. Without masks every pixel counts as ROI for the
+    encoder, which would leave the proximity term nothing outside to keep (0, silently); there
+    the whole image is kept close to the factual one instead (the flip term still wins where
+    the disease demands a change), as the data set's load warning says."""
+    return b["masks"] if data.has_masks else torch.zeros_like(b["masks"])
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
@@ -115,15 +124,17 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     # evaluate load one file, and the tests can check that training left them untouched.
     frozen_nets = {"encoder": (enc, gan["encoder_spec"]), "decoder": (dec, gan["decoder_spec"])}
     fixed = data.batch(data.indices("val")[: task.n_samples])
-    iters = max(1, len(data.indices("train")) // task.batch_size)
+    n_train = len(data.indices("train"))
+    batch_size = fit_batch_size(n_train, task.batch_size, "task=counterfactual")
+    iters = max(1, n_train // batch_size)
     bar = ctx.progress(
         range(start, task.epochs), desc="counterfactual", initial=start, total=task.epochs
     )
     for epoch in bar:
-        stream = train_stream(data, task.batch_size, ctx.seed, epoch)
+        stream = train_stream(data, batch_size, ctx.seed, epoch)
         refs = None
         if variant == "sir":
-            gen = epoch_generator(ctx.seed, epoch, data.device)
+            gen = epoch_generator(ctx.seed, epoch, data.device, stream="references")
             refs = reference_embeddings(judges, data, gen, cfg.trainer.eval_batch_size)
         sums: dict[str, torch.Tensor] = {}
         for _ in range(iters):
@@ -145,7 +156,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 cf = cf_dec(z)
                 terms = {
                     "disease": robust_disease_flip(judges.disease, cf, target, **robust),
-                    "roi_complement": roi_complement(factual.float(), cf.float(), b["masks"]),
+                    "roi_complement": roi_complement(factual.float(), cf.float(), roi_of(data, b)),
                     "adv": generator_adversarial(critic, cf),
                     **privacy_terms(
                         cf, b["images"], judges, variant, privacy_w, margin, True, refs
