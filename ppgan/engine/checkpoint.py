@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ppgan.engine.build import rebuild
+from ppgan.engine.build import allowed_model_class, rebuild
 from ppgan.errors import PpganError
 
 
@@ -74,6 +74,7 @@ def frozen_from(
     spec = ckpt[f"{which}_spec"]
     if not isinstance(spec, dict):
         raise PpganError(f"{where}: network '{which}' has no valid spec")
+    allowed_model_class(spec.get("_target_"), where)  # a foreign class: refused before all else
     for name, want in (expect or {}).items():
         have = spec.get(name)
         if isinstance(want, tuple):
