@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -23,5 +24,7 @@ def rows_grid(rows: list[Tensor], path: Path | None = None) -> Tensor:
     grid = make_grid(torch.cat(rows), nrow=len(rows[0]), padding=1, pad_value=1.0)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, path)
+        tmp = path.with_name(f".{path.name}.tmp")  # a reader never sees half a PNG
+        save_image(grid, tmp, format="png")
+        os.replace(tmp, path)
     return grid
