@@ -80,3 +80,9 @@ def judges(tmp_path_factory, data_dir) -> dict[str, Path]:
 
 def judge_overrides(judges: dict[str, Path]) -> list[str]:
     return [f"task.{name}_ckpt={path}" for name, path in judges.items()]
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--pin", action="store_true", help="print new values for tests/test_pinned_losses.py"
+    )
