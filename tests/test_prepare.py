@@ -375,3 +375,34 @@ def test_openset_linkage_known_answers():
         exclude=torch.eye(3, dtype=torch.bool),
     )
     assert m["n_probes"] == 2
+
+
+@pytest.mark.slow
+def test_pipeline_on_prepared_subject_disjoint_file(tmp_path):
+    """The whole pipeline (CLI) on a prepared file whose test subjects are never trained on:
+    every stage runs and the report carries the open-set attacks."""
+    make_tree(tmp_path / "img", n_subjects=9, per_subject=4)
+    metrics, path = prepare(
+        tmp_path, f"task.root={tmp_path / 'img'}", "task.split=subject", "task.ratios=[4,2,3]"
+    )
+    assert metrics["subject_disjoint"] == 1 and metrics["subjects_test"] == 3
+    out = tmp_path / "pipe"
+    res = subprocess.run(
+        [sys.executable, "-m", "ppgan", "dataset=hdf5", f"dataset.path={path}", "debug=tiny"]
+        # The evaluation's attackers get one epoch: this test is about plumbing, not numbers.
+        + ["+task.overrides.evaluate=[\"task.attack.epochs=1\"]", f"hydra.run.dir={out}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not (out / "synthesize").exists()  # hdf5 data: nothing to synthesize
+    report = (out / "evaluate" / "report.md").read_text()
+    assert "## Open-set attacks" in report and "**closed-set**" in report
+    m = json.loads((out / "evaluate" / "metrics.json").read_text())
+    for method in ("original", "pp_mir", "pp_sir", "pp_mir_cf"):
+        assert 0 <= m[f"{method}/privacy/openset_siamese_rank1"] <= 1
+        assert 0 <= m[f"{method}/privacy/openset_unseen_auc"] <= 1
+    assert m["original/privacy/openset_chance_rank1"] == pytest.approx(1 / 3)
+    assert m["original/privacy/openset_n_probes"] == 12
