@@ -390,7 +390,7 @@ def test_pipeline_on_prepared_subject_disjoint_file(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "ppgan", "dataset=hdf5", f"dataset.path={path}", "debug=tiny"]
         # The evaluation's attackers get one epoch: this test is about plumbing, not numbers.
-        + ["+task.overrides.evaluate=[\"task.attack.epochs=1\"]", f"hydra.run.dir={out}"],
+        + ['+task.overrides.evaluate=["task.attack.epochs=1"]', f"hydra.run.dir={out}"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -6,7 +6,7 @@ Layout: one folder per eye, named by a 4-digit patient number and `left` or `rig
 near-infrared photographs). Labels come from the data set's medical-description CSV
 (`;`-separated: patient number, then the left and the right eye's conditions as comma-separated
 lists); an eye is class 1 (`glaucoma`) when its list names glaucoma or secondary glaucoma, else
-class 0 (paper, Sec. IV-A).
+class 0.
 
 Preprocessing of one photograph, as the authors' scripts did it:
 

@@ -156,6 +156,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     col, loader = collect(task, issues)
     if not col.records:
         raise PpganError(f"{_path(task.root)}: no images found")
+    # Counted before reading (fail fast on a large set) and again after files were skipped.
+    keep = drop_small_subjects(col.records, task.min_images_per_subject, issues)
+    col.records = [r for r, k in zip(col.records, keep) if k]
     recs, images, masks = load_all(ctx, col, loader, issues, task)
     keep = drop_small_subjects(recs, task.min_images_per_subject, issues)
     recs = [r for r, k in zip(recs, keep) if k]
@@ -197,6 +200,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     except PpganError:
         path.unlink(missing_ok=True)
         raise
+    if task.split == "subject" and recs[0].split is None:
+        log.info(
+            "subject-disjoint splits: identity accuracy on val/test is 0 by construction; "
+            "task=evaluate adds open-set attacks for the test subjects"
+        )
     if task.subject_map:
         write_subject_map(out_dir / "subjects.csv", subjects)
         log.warning("wrote %s: it names the subjects, keep it out of any release", "subjects.csv")
