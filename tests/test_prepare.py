@@ -377,6 +377,13 @@ def test_openset_linkage_known_answers():
     assert m["n_probes"] == 2
 
 
+ONE_EPOCH = ("siamese", "pp_mir", "pp_sir", "cf_pp_mir", "cf_pp_sir")
+# The evaluation without the image-filter baselines (each would train its own attacker).
+EVALUATE = ",".join(
+    ['"task.attack.epochs=1"'] + [f'"~task.methods.{m}"' for m in ("blur", "pixelate", "ksame")]
+)
+
+
 @pytest.mark.slow
 def test_pipeline_on_prepared_subject_disjoint_file(tmp_path):
     """The whole pipeline (CLI) on a prepared file whose test subjects are never trained on:
@@ -389,8 +396,9 @@ def test_pipeline_on_prepared_subject_disjoint_file(tmp_path):
     out = tmp_path / "pipe"
     res = subprocess.run(
         [sys.executable, "-m", "ppgan", "dataset=hdf5", f"dataset.path={path}", "debug=tiny"]
-        # The evaluation's attackers get one epoch: this test is about plumbing, not numbers.
-        + ['+task.overrides.evaluate=["task.attack.epochs=1"]', f"hydra.run.dir={out}"],
+        # One epoch per trained stage: this test is about plumbing, not numbers.
+        + [f'+task.overrides.{stage}=["task.epochs=1"]' for stage in ONE_EPOCH]
+        + [f"+task.overrides.evaluate=[{EVALUATE}]", f"hydra.run.dir={out}"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -202,7 +202,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         raise
     if task.split == "subject" and recs[0].split is None:
         log.info(
-            "subject-disjoint splits: identity accuracy on val/test is 0 by construction; "
+            "subject-disjoint splits: identity accuracy on val/test is at most chance; "
             "task=evaluate adds open-set attacks for the test subjects"
         )
     if task.subject_map:

@@ -151,11 +151,11 @@ def openset_lines(rows: dict[str, dict[str, float]]) -> list[str]:
         "",
         f"{first['privacy/openset_n_probes']:.0f} test images belong to subjects absent from the "
         "training split. For them the **closed-set** attacks above (seen, unseen and adaptive "
-        "identity classifiers, link to the training images) cannot succeed on any method, the "
-        "original included, and measure nothing. The open-set attacks link each anonymized test "
-        "image to the *other original* test images (its own original left out): rank-k "
-        "re-identification among the test subjects, and verification AUC of same- against "
-        "other-subject pairs.",
+        "identity classifiers, link to the training images) can only succeed by chance, on any "
+        "method and on the original images alike, and measure nothing. The open-set attacks "
+        "link each anonymized test image to the *other original* test images (its own original "
+        "left out): rank-k re-identification among the test subjects, and verification AUC of "
+        "same- against other-subject pairs.",
         "",
         "| method | " + " | ".join(t for _, t, _ in OPENSET_COLUMNS) + " |",
         "|" + "---|" * (len(OPENSET_COLUMNS) + 1),
