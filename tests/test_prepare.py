@@ -306,6 +306,7 @@ def test_bad_input_is_one_line_error_and_no_file(tmp_path, case):
         ("unreadable", "unreadable", 23),
         ("missing", "missing_file", 23),
         ("single_image_subject", "small_subject", 24),
+        ("empty_class", "empty_class", 24),
     ],
 )
 def test_skip_mode_counts_what_it_drops(tmp_path, case, reason, n_images):
@@ -314,10 +315,12 @@ def test_skip_mode_counts_what_it_drops(tmp_path, case, reason, n_images):
     assert metrics["skipped"] == 1 and metrics[f"skipped/{reason}"] == 1
     assert metrics["n_images"] == n_images and len(read(path)["dis"]) == n_images
     assert fragment in (path.parent / "skipped.txt").read_text()
+    assert read_class_names(path) == ["clouded", "healthy"]
 
 
 def test_bad_options(tmp_path):
     manifest = make_tree(tmp_path / "img", n_subjects=2, per_subject=2)
+    make_tree(tmp_path / "odd", n_subjects=2, per_subject=2, size=(40, 48))
     root = f"task.root={tmp_path / 'img'}"
     for extra, fragment in [
         (["task.size=40"], "task.size=40: must be a multiple of 16"),
@@ -325,6 +328,7 @@ def test_bad_options(tmp_path):
         ([f"task.manifest={manifest}", "task.split=subject"], "the val split is empty"),
         ([f"task.manifest={tmp_path / 'no.csv'}"], "no.csv: manifest does not exist"),
         (["task.layout=dicom"], "task.layout=dicom"),
+        ([f"task.root={tmp_path / 'odd'}", "task.size=null"], "48x40 px cannot be kept"),
     ]:
         with pytest.raises(PpganError, match=fragment.replace("(", r"\(")):
             prepare(tmp_path, root, *extra)

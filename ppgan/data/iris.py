@@ -28,6 +28,7 @@ pupil is an error (or a counted skip) rather than silently left uncentred.
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from ppgan.data.sources import (
 )
 from ppgan.errors import PpganError
 
+log = logging.getLogger(__name__)
 EYE_DIR = re.compile(r"^(\d{4})(left|right)$")
 GLAUCOMA = {"glaucoma", "secondary glaucoma"}
 CLASSES = ["no glaucoma", "glaucoma"]  # dis 0, 1 as in the original
@@ -116,8 +118,8 @@ def warsaw_records(root: Path, params: IrisParams, issues: Issues) -> Collection
         files = sorted(
             p for p in eye.iterdir() if "IG" in p.name and p.suffix.lower() in IMAGE_SUFFIXES
         )
-        if not files:
-            issues("no_images", f"{eye}: no image file with 'IG' in its name")
+        if not files:  # not a problem of any one file: the eye just has no IrisGuard photograph
+            log.warning("%s: no image file with 'IG' in its name", eye)
         records += [Record(p, subject, label, mirror=side == "right") for p in files]
     return Collection(records, list(CLASSES))
 

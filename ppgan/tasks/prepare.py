@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def check_options(task: DictConfig) -> None:
         raise PpganError("task.root: required (the folder of the images)")
 
 
-def collect(task: DictConfig, issues: Issues) -> tuple[Collection, callable]:
+def collect(task: DictConfig, issues: Issues) -> tuple[Collection, Callable]:
     """The records of the configured source and the function that loads one of them."""
     root = _path(task.root)
     classes = list(task.classes) if task.classes else None
@@ -85,6 +86,10 @@ def collect(task: DictConfig, issues: Issues) -> tuple[Collection, callable]:
     return col, partial(load_record, channels=channels, size=task.size, method=method)
 
 
+def _valid_size(hw: tuple[int, int]) -> bool:
+    return hw[0] == hw[1] and hw[0] % 16 == 0 and 32 <= hw[0] <= 256
+
+
 def load_all(ctx: RunContext, col: Collection, loader, issues: Issues, task: DictConfig):
     """Every readable record's image and mask; mixed channels or sizes are refused."""
     kept, images, masks, first = [], [], [], {}
@@ -98,6 +103,11 @@ def load_all(ctx: RunContext, col: Collection, loader, issues: Issues, task: Dic
         kind = {"channels": native} if task.channels is None else {}
         if task.size is None:
             kind["size"] = img.shape[:2]
+        if not first and task.size is None and not _valid_size(img.shape[:2]):
+            raise PpganError(
+                f"{rec.path}: {img.shape[1]}x{img.shape[0]} px cannot be kept as it is (square, "
+                "a multiple of 16 in 32..256); set task.size"
+            )
         for key, value in kind.items():
             if first.setdefault(key, (value, rec.path))[0] != value:
                 hint = "set task.channels=1 or 3" if key == "channels" else "set task.size"
