@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -334,6 +335,34 @@ def test_bad_options(tmp_path):
             prepare(tmp_path, root, *extra)
 
 
+def test_manifest_rows(tmp_path):
+    make_tree(tmp_path / "img")
+    root = tmp_path / "img"
+
+    def manifest(*rows: str) -> str:
+        (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+        return f"task.manifest={tmp_path / 'm.csv'}"
+
+    ok = [f"healthy/p00_{k}.png,a,healthy" for k in range(3)]
+    ok += [f"clouded/p01_{k}.png,b,clouded" for k in range(3)]
+    for rows, fragment in [
+        (["path,subject"], "missing column(s) ['label']"),
+        (["path,subject,label", *ok, "healthy/p00_0.png,a,healthy"], "m.csv:8: 'healthy/p00_0"),
+        (["path,subject,label,split", *[r + ",train" for r in ok[:-1]], ok[-1] + ",tst"], "tst"),
+        (["path,subject,label", *ok, "healthy/p00_3.png,,healthy"], "m.csv:8: empty 'subject'"),
+    ]:
+        with pytest.raises(PpganError, match=re.escape(fragment)):
+            prepare(tmp_path, f"task.root={root}", manifest(*rows))
+    # Spaces around header names and cells are ignored; a class whose every file is missing is
+    # reported empty (and dropped with on_error=skip).
+    rows = [" path , subject , label ", *ok, "nowhere/x.png,c,lost", "nowhere/y.png,c,lost"]
+    metrics, path = prepare(
+        tmp_path, f"task.root={root}", manifest(*rows), "task.on_error=skip", "task.ratios=[2,1,0]"
+    )
+    assert metrics["skipped/missing_file"] == 2 and metrics["skipped/empty_class"] == 1
+    assert read_class_names(path) == ["clouded", "healthy"] and metrics["n_images"] == 6
+
+
 @pytest.mark.slow
 def test_cli_bad_input_one_line_exit_1(tmp_path):
     overrides, fragment = bad_tree(tmp_path, "unreadable")
@@ -418,3 +447,6 @@ def test_pipeline_on_prepared_subject_disjoint_file(tmp_path):
         assert 0 <= m[f"{method}/privacy/openset_unseen_auc"] <= 1
     assert m["original/privacy/openset_chance_rank1"] == pytest.approx(1 / 3)
     assert m["original/privacy/openset_n_probes"] == 12
+    # Explanation panels name the classes the prepared file stores.
+    panel = json.loads(next((out / "explain" / "panels").glob("*.json")).read_text())
+    assert panel["prediction"] in ("clouded", "healthy")

@@ -107,7 +107,8 @@ def read_manifest(
     with open(manifest, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
-        rows = list(reader)
+        # Cells and header names stripped; cells beyond the header (key None) dropped.
+        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
     if missing := {"path", "subject", "label"} - set(columns):
         raise PpganError(
             f"{manifest}: missing column(s) {sorted(missing)} (has {columns}; "
@@ -117,8 +118,7 @@ def read_manifest(
         raise PpganError(f"{manifest}: no rows")
     has_split, has_mask = "split" in columns, "mask" in columns
     records, seen = [], {}
-    for line, raw in enumerate(rows, start=2):  # line 1 is the header
-        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"{manifest}:{line}"
         for key in ("path", "subject", "label"):
             if not row.get(key):
@@ -144,7 +144,8 @@ def read_manifest(
             issues("missing_file", f"{where}: mask '{row['mask']}' does not exist under {root}")
             continue
         records.append(Record(path, row["subject"], row["label"], split, mask))
-    names = list(classes) if classes else sorted({r.label for r in records})
+    # Every label the manifest names, so a class whose files are all missing is reported empty.
+    names = list(classes) if classes else sorted({r["label"] for r in rows})
     return Collection(records, names)
 
 
