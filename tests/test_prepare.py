@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from ppgan.data.hdf5 import load_images
-from ppgan.data.sources import read_class_names
+from ppgan.data.iris import IrisParams, warsaw_records
+from ppgan.data.sources import Issues, read_class_names
 from ppgan.errors import PpganError
 from ppgan.metrics.openset import openset_linkage
 from ppgan.tasks import run_task
@@ -175,6 +176,21 @@ def test_prepared_file_trains_disease(tmp_path):
     assert 0 <= metrics["test/acc"] <= 1 and metrics["chance"] == 0.5
 
 
+def test_identity_on_subject_disjoint_file(tmp_path):
+    """Val/test subjects never trained on: the identity classifier still has one output per
+    subject of the file, trains without error, and can only be right by chance on them."""
+    make_tree(tmp_path / "img", n_subjects=9, per_subject=4)
+    _, path = prepare(
+        tmp_path, f"task.root={tmp_path / 'img'}", "task.split=subject", "task.ratios=[4,2,3]"
+    )
+    metrics = run_task(
+        make_cfg("task=identity", "dataset=hdf5", f"dataset.path={path}"), tmp_path / "id"
+    )
+    spec = torch.load(tmp_path / "id/checkpoints/best.pt", weights_only=True)["model_spec"]
+    assert spec["n_classes"] == 9 and metrics["chance"] == pytest.approx(1 / 9)
+    assert 0 <= metrics["test/acc"] <= 1
+
+
 def test_shipped_fixture_as_in_readme(tmp_path):
     _, path = prepare(
         tmp_path,
@@ -246,6 +262,9 @@ def test_iris_layout_and_preprocessing(tmp_path):
     area = f["masks"].reshape(24, -1).sum(1)
     assert (area > 0.8 * np.pi * 17**2).all() and (area <= np.pi * 17.5**2).all()
     assert metrics["n_subjects"] == 4 and load_images(path).has_masks
+    # task.iris.subject=eye: one subject per eye folder (8), labels unchanged.
+    eyes = warsaw_records(tmp_path / "iris", IrisParams(subject="eye"), Issues())
+    assert len({r.subject for r in eyes.records}) == 8 and len(eyes.records) == 24
 
 
 # --- bad input ------------------------------------------------------------------------------
