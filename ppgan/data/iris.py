@@ -2,15 +2,15 @@
 preprocessing of the original code, redone with scikit-image.
 
 Layout: one folder per eye, named by a 4-digit patient number and `left` or `right`
-(`0001left/`); only image files whose name contains `IG` are used (the IrisGuard camera's
-near-infrared photographs). Labels come from the data set's medical-description CSV
-(`;`-separated: patient number, then the left and the right eye's conditions as comma-separated
-lists); an eye is class 1 (`glaucoma`) when its list names glaucoma or secondary glaucoma, else
-class 0.
+(`0001left/`); only image files whose name contains `IG` are used. Labels come from the data
+set's medical-description CSV (`;`-separated: patient number, then the left and the right eye's
+conditions as comma-separated lists); an eye is class 1 (`glaucoma`) when its list names glaucoma
+or secondary glaucoma, else class 0.
 
-Preprocessing of one photograph, as the authors' scripts did it:
+Preprocessing of one photograph, in the steps of the authors' scripts (the blur, threshold and
+radius-range values are ours, config keys because they depend on the camera):
 
-1. drop the bottom `crop_bottom` (11) rows (the camera's caption strip);
+1. drop the bottom `crop_bottom` (11) rows;
 2. mirror right eyes, so every eye has the same orientation;
 3. find the pupil: blur the grey image, keep its dark pixels (below `threshold`), take the edges of
    that binary image and the strongest circle of a Hough transform (`skimage.transform`);
@@ -19,10 +19,10 @@ Preprocessing of one photograph, as the authors' scripts did it:
    radius clipped to 17 px (at 64 px), its centre pulled towards the image centre, filled.
 
 Where ppgan differs (README.md, "Your own data"): the Hough transform of step 3 runs on a copy
-downscaled to at most `work_size` px (the circle is scaled back), which makes it ~16x cheaper on
-the 640x480 photographs; after centring, the largest centred square is kept (zero-filled where the
-shift moved the frame), so the resize keeps the aspect ratio; a photograph without a detectable
-pupil is an error (or a counted skip) rather than silently left uncentred.
+downscaled to at most `work_size` px (the circle is scaled back; 16x fewer pixels for 640x480
+photographs); after centring, the largest centred square is kept (zero-filled where the shift
+moved the frame), so the resize keeps the aspect ratio; a photograph without a detectable pupil
+is a one-line error naming it (or a counted skip).
 """
 
 from __future__ import annotations
