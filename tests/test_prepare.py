@@ -20,7 +20,7 @@ from ppgan.data.hdf5 import load_images
 from ppgan.data.iris import IrisParams, warsaw_records
 from ppgan.data.sources import Issues, read_class_names
 from ppgan.errors import PpganError
-from ppgan.metrics.openset import openset_linkage
+from ppgan.metrics.openset import openset_attacks, openset_linkage
 from ppgan.tasks import run_task
 from tests.conftest import make_cfg
 
@@ -469,3 +469,18 @@ def test_pipeline_on_prepared_subject_disjoint_file(tmp_path):
     # Explanation panels name the classes the prepared file stores.
     panel = json.loads(next((out / "explain" / "panels").glob("*.json")).read_text())
     assert panel["prediction"] in ("clouded", "healthy")
+
+
+def test_openset_attacks_only_for_unseen_subjects():
+    ids = torch.tensor([5, 5, 6, 6, 7, 7])
+    orig = ids.float()[:, None, None, None] + 0.01 * torch.arange(6.0)[:, None, None, None]
+    spaces = {"pix": lambda x: x.flatten(1)}
+    m = openset_attacks(spaces, orig.clone(), orig, ids, train_ids=torch.tensor([0, 1, 7]))
+    # Subjects 5 and 6 are unseen: 4 probes, each nearest to its subject's other image.
+    assert m["privacy/openset_n_probes"] == 4 and m["privacy/openset_pix_rank1"] == 1
+    assert m["privacy/openset_pix_auc"] == 1
+    assert m["privacy/openset_chance_rank1"] == pytest.approx(1 / 3)  # 3 test subjects
+    # Output unrelated to the input (constant): chance.
+    m = openset_attacks(spaces, torch.zeros_like(orig), orig, ids, train_ids=torch.tensor([0]))
+    assert m["privacy/openset_pix_rank1"] == pytest.approx(1 / 3)
+    assert openset_attacks(spaces, orig, orig, ids, train_ids=ids) == {}  # closed-set data

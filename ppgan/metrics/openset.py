@@ -12,6 +12,8 @@ own source is a different and easier question.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import torch
 from torch import Tensor
 
@@ -65,3 +67,35 @@ def openset_linkage(
     finite = torch.isfinite(d)
     out["auc"] = verification_metrics(d[same & finite], d[~same & finite])["auc"]
     return out
+
+
+def openset_attacks(
+    spaces: Mapping[str, Callable[[Tensor], Tensor]],
+    anon_test: Tensor,
+    orig_test: Tensor,
+    test_ids: Tensor,
+    train_ids: Tensor,
+) -> dict[str, float]:
+    """`openset_linkage` of the anonymized test images whose subject is absent from training,
+    against the original test images, in each embedding space.
+
+    Args:
+        spaces: name -> images [N, C, H, W] to embeddings [N, D] (e.g. a siamese network).
+        anon_test, orig_test: anonymized and original test images, in the same order [N, ...].
+        test_ids: [N]; train_ids: identities of the training split.
+
+    Returns:
+        `privacy/openset_<space>_<metric>` plus the shared `privacy/openset_chance_rank<k>` and
+        `privacy/openset_n_probes`; {} when every test subject is a training identity.
+    """
+    probe = ~torch.isin(test_ids, train_ids)
+    if not probe.any():
+        return {}
+    own = torch.eye(len(test_ids), dtype=torch.bool, device=test_ids.device)[probe]  # [Q, N]
+    m = {}
+    for space, embed in spaces.items():
+        d = torch.cdist(embed(anon_test[probe]), embed(orig_test))  # [Q, N]
+        for k, v in openset_linkage(d, test_ids[probe], test_ids, exclude=own).items():
+            key = k if k.startswith(("chance", "n_")) else f"{space}_{k}"
+            m[f"privacy/openset_{key}"] = v
+    return m

@@ -33,7 +33,7 @@ from ppgan.engine.judges import Judges, load_judges
 from ppgan.errors import PpganError
 from ppgan.losses.counterfactual import target_classes
 from ppgan.metrics.classification import classification_metrics, topk_accuracy
-from ppgan.metrics.openset import openset_linkage
+from ppgan.metrics.openset import openset_attacks
 from ppgan.metrics.realism import fid_kid, region_psnr, region_ssim
 from ppgan.metrics.retrieval import precision_at_k
 from ppgan.metrics.verification import rank_k, verification_metrics
@@ -141,7 +141,8 @@ def evaluate_method(
     m.update(
         identity_attacks(anon["test"], ref["gallery"], test_ids, train_ids, judges, unseen, bs)
     )
-    m.update(openset_attacks(anon["test"], orig["test"], test_ids, train_ids, judges, unseen, bs))
+    spaces = linkage_spaces(judges, unseen, bs)
+    m.update(openset_attacks(spaces, anon["test"], orig["test"], test_ids, train_ids))
     adaptive = train_attacker(ctx, f"adaptive_{name}", data, anon, "id", data.n_ids, seed + 3)
     m["privacy/adaptive_acc"] = _acc(_outputs(adaptive, anon["test"], bs), test_ids)
 
@@ -199,30 +200,6 @@ def identity_attacks(
     return m
 
 
-def openset_attacks(
-    anon_test: Tensor,
-    orig_test: Tensor,
-    test_ids: Tensor,
-    train_ids: Tensor,
-    judges: Judges,
-    unseen: nn.Module,
-    bs: int,
-) -> dict[str, float]:
-    """Open-set linkage (`ppgan.metrics.openset`) of the anonymized test images of subjects absent
-    from training, against the other original test images; {} when every test subject was seen."""
-    probe = ~torch.isin(test_ids, train_ids)
-    if not probe.any():
-        return {}
-    m = {}
-    own = torch.eye(len(test_ids), dtype=torch.bool, device=test_ids.device)[probe]
-    for space, embed in linkage_spaces(judges, unseen, bs).items():
-        d = torch.cdist(embed(anon_test[probe]), embed(orig_test))  # [Q, G]
-        for k, v in openset_linkage(d, test_ids[probe], test_ids, exclude=own).items():
-            key = k if k.startswith(("chance", "n_")) else f"{space}_{k}"
-            m[f"privacy/openset_{key}"] = v
-    return m
-
-
 def evaluate_counterfactual(
     ctx, data: ImageData, ref: dict, judges: Judges, unseen, indep, path: str
 ) -> dict[str, float]:
@@ -252,8 +229,8 @@ def evaluate_counterfactual(
             cf, ref["gallery"], test["id"], labels_of(data, "train", "id"), judges, unseen, bs
         )
     )
-    train_ids = labels_of(data, "train", "id")
-    m.update(openset_attacks(cf, test["images"], test["id"], train_ids, judges, unseen, bs))
+    spaces, train_ids = linkage_spaces(judges, unseen, bs), labels_of(data, "train", "id")
+    m.update(openset_attacks(spaces, cf, test["images"], test["id"], train_ids))
     return m
 
 
