@@ -166,6 +166,25 @@ def test_manifest_split_column_wins_and_channels_convert(tmp_path):
     assert (f["dis"] == np.repeat([0, 1, 0, 1, 0, 1], 4)).all()
 
 
+def test_file_formats_and_16_bit(tmp_path):
+    root = tmp_path / "img"
+    img = eye(0, 0, False)
+    for suffix in (".png", ".jpg", ".bmp", ".tif"):
+        save(root / "a" / f"s1_{suffix[1:]}{suffix}", img)
+        save(root / "b" / f"s2_{suffix[1:]}{suffix}", img)
+    wide = Image.fromarray(img.astype(np.uint16) * 257)  # 16-bit grey, as many scanners write
+    wide.save(root / "a" / "s1_wide.png")
+    assert Image.open(root / "a" / "s1_wide.png").mode.startswith("I")
+    metrics, path = prepare(tmp_path, f"task.root={root}", "task.ratios=[3,2,0]")
+    f = read(path)
+    assert metrics["n_images"] == 9 and f["images"].shape == (9, 32, 32)
+    names = sorted(p.name for p in (root / "a").iterdir())  # the order prepare reads them in
+    wide_img = f["images"][names.index("s1_wide.png")]
+    assert np.abs(wide_img.astype(int) - img).max() <= 1  # scaled back to 8 bits
+    jpg = f["images"][names.index("s1_jpg.jpg")]
+    assert np.abs(jpg.astype(int) - img).mean() < 8  # lossy, but the same picture
+
+
 def test_prepared_file_trains_disease(tmp_path):
     make_tree(tmp_path / "img", n_subjects=8, per_subject=5)
     _, path = prepare(tmp_path, f"task.root={tmp_path / 'img'}")
