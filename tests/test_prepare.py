@@ -109,6 +109,9 @@ def test_manifest_rgb_with_masks(tmp_path):
     assert (f["id"] == np.repeat(np.arange(6), 4)).all()  # sorted subject names
     assert metrics["n_images"] == 24 and metrics["n_subjects"] == 6 and metrics["skipped"] == 0
     assert json.loads((path.parent / "metrics.json").read_text())["class/healthy/train"] > 0
+    counts = (path.parent / "subject_counts.csv").read_text().splitlines()
+    assert counts[0] == "id,images,train,val,test,clouded,healthy" and len(counts) == 7
+    assert counts[1].startswith("0,4,") and counts[1].endswith(",0,4")  # subject 0: healthy
     # Image split: stratified by class, every subject in training (closed-set).
     counts = [int((f["set"] == c).sum()) for c in range(3)]
     assert counts == [17, 5, 2] and metrics["subject_disjoint"] == 0

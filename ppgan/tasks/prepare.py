@@ -248,6 +248,14 @@ def summary(recs, split, classes, issues: Issues, out_dir: Path, path: Path, sha
         lines.append(f"{s:<6} {len(in_split):>7} {len(subjects_in[s]):>9}  {row}")
     for reason, n in issues.counts().items():
         m[f"skipped/{reason}"] = n
+    # Per subject, by id (names stay out of the run dir unless task.subject_map asks for them).
+    with open(out_dir / "subject_counts.csv", "w") as f:
+        f.write("id,images,train,val,test," + ",".join(classes) + "\n")
+        for i, subject in enumerate(sorted(per_subject)):
+            mine = [(r.label, x) for r, x in zip(recs, split) if r.subject == subject]
+            cells = [Counter(x for _, x in mine)[s] for s in SPLIT_NAMES]
+            cells += [Counter(c for c, _ in mine)[c] for c in classes]
+            f.write(",".join(map(str, [i, len(mine), *cells])) + "\n")
     if issues.skipped:
         (out_dir / "skipped.txt").write_text("".join(f"{r}\t{msg}\n" for r, msg in issues.skipped))
     log.info(
