@@ -54,7 +54,7 @@ from ppgan.data.sources import (
 from ppgan.errors import PpganError
 
 log = logging.getLogger(__name__)
-EYE_DIR = re.compile(r"^(\d{4})(left|right)$")
+EYE_DIR = re.compile(r"^(\d{4})(left|right)$", re.IGNORECASE)
 GLAUCOMA = {"glaucoma", "secondary glaucoma"}
 CLASSES = ["no glaucoma", "glaucoma"]  # dis 0, 1 as in the original
 
@@ -109,6 +109,7 @@ def warsaw_records(root: Path, params: IrisParams, issues: Issues) -> Collection
         raise PpganError(f"{root}: no eye folders named like 0001left or 0001right")
     for eye in eyes:
         number, side = EYE_DIR.match(eye.name).groups()
+        side = side.lower()
         if int(number) not in descriptions:
             issues("no_label", f"{eye}: patient {number} has no row in {csv_path.name}")
             continue
