@@ -270,6 +270,10 @@ def summary(recs, split, classes, issues: Issues, out_dir: Path, path: Path, sha
         "subject-disjoint splits" if not overlap else f"{len(overlap)} subjects in 2+ splits",
         "\n".join(lines),
     )
+    if overlap and (missing := len(per_subject) - len(subjects_in["train"])):
+        log.warning(
+            "%d subject(s) have no training image: closed-set identity can only guess them", missing
+        )
     if issues.skipped:
         log.warning(
             "skipped %d file(s): %s (list: skipped.txt)",
