@@ -16,6 +16,7 @@ from ppgan.tasks import (
     evaluate,
     explain,
     pipeline,
+    prepare,
     siamese,
     synthesize,
 )
@@ -24,6 +25,7 @@ Runner = Callable[[DictConfig, Path], dict[str, float]]
 
 RUNNERS: dict[str, Runner] = {
     "synthesize": synthesize.run,
+    "prepare": prepare.run,
     "disease": classify.run,
     "identity": classify.run,
     "siamese": siamese.run,

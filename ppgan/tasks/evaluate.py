@@ -33,6 +33,7 @@ from ppgan.engine.judges import Judges, load_judges
 from ppgan.errors import PpganError
 from ppgan.losses.counterfactual import target_classes
 from ppgan.metrics.classification import classification_metrics, topk_accuracy
+from ppgan.metrics.openset import openset_attacks
 from ppgan.metrics.realism import fid_kid, region_psnr, region_ssim
 from ppgan.metrics.retrieval import precision_at_k
 from ppgan.metrics.verification import rank_k, verification_metrics
@@ -140,6 +141,8 @@ def evaluate_method(
     m.update(
         identity_attacks(anon["test"], ref["gallery"], test_ids, train_ids, judges, unseen, bs)
     )
+    spaces = linkage_spaces(judges, unseen, bs)
+    m.update(openset_attacks(spaces, anon["test"], orig["test"], test_ids, train_ids))
     adaptive = train_attacker(ctx, f"adaptive_{name}", data, anon, "id", data.n_ids, seed + 3)
     m["privacy/adaptive_acc"] = _acc(_outputs(adaptive, anon["test"], bs), test_ids)
 
@@ -226,6 +229,8 @@ def evaluate_counterfactual(
             cf, ref["gallery"], test["id"], labels_of(data, "train", "id"), judges, unseen, bs
         )
     )
+    spaces, train_ids = linkage_spaces(judges, unseen, bs), labels_of(data, "train", "id")
+    m.update(openset_attacks(spaces, cf, test["images"], test["id"], train_ids))
     return m
 
 

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ppgan.data import load_dataset
 from ppgan.data.hdf5 import load_images
+from ppgan.data.sources import read_class_names
 from ppgan.engine import (
     RunContext,
     load_checkpoint,
@@ -144,7 +145,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     )
     if disease is None:
         raise PpganError("task.disease_ckpt: required (the network whose decisions are explained)")
-    names = list(task.class_names or cfg.dataset.get("class_names") or [])
+    # The config's names, else those a prepared file stores (task=prepare).
+    names = list(
+        task.class_names or cfg.dataset.get("class_names") or read_class_names(data.path) or []
+    )
     if len(names) != data.n_classes:
         names = [f"class {i}" for i in range(data.n_classes)]
     base = case_base(ctx, disease, data.shape)

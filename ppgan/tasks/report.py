@@ -38,6 +38,14 @@ CF_COLUMNS = [
     ("privacy/link_siamese_rank1", "link rank-1 (siamese) ↓"),
     ("privacy/link_unseen_rank1", "link rank-1 (unseen feat.) ↓"),
 ]
+# Open-set attacks (ppgan.metrics.openset), reported when some test subjects are not in training.
+OPENSET_COLUMNS = [
+    ("privacy/openset_siamese_rank1", "open-set rank-1 (siamese) ↓", "chance_rank1"),
+    ("privacy/openset_siamese_rank5", "open-set rank-5 (siamese) ↓", "chance_rank5"),
+    ("privacy/openset_siamese_auc", "open-set AUC (siamese) ↓", None),
+    ("privacy/openset_unseen_rank1", "open-set rank-1 (unseen feat.) ↓", "chance_rank1"),
+    ("privacy/openset_unseen_auc", "open-set AUC (unseen feat.) ↓", None),
+]
 
 
 def _fmt(v: float | None) -> str:
@@ -102,6 +110,7 @@ def write_report(
             lines.append(
                 "| " + " | ".join([name] + [_fmt(row.get(c)) for c, _ in CF_COLUMNS]) + " |"
             )
+    lines += openset_lines(rows)
     lines += ["", "![privacy-utility](privacy_utility.png)", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
@@ -127,3 +136,33 @@ def write_report(
     fig.savefig(out_dir / "privacy_utility.png")
     plt.close(fig)
     return path
+
+
+def openset_lines(rows: dict[str, dict[str, float]]) -> list[str]:
+    """The open-set section of the report; none when every test subject is a training identity."""
+    have = {n: r for n, r in rows.items() if OPENSET_COLUMNS[0][0] in r}
+    if not have:
+        return []
+    first = next(iter(have.values()))
+    chance = [first[f"privacy/openset_{c}"] if c else 0.5 for _, _, c in OPENSET_COLUMNS]
+    lines = [
+        "",
+        "## Open-set attacks",
+        "",
+        f"{first['privacy/openset_n_probes']:.0f} test images belong to subjects absent from the "
+        "training split. For them the **closed-set** attacks above (seen, unseen and adaptive "
+        "identity classifiers, link to the training images) can only succeed by chance, on any "
+        "method and on the original images alike, and measure nothing. The open-set attacks "
+        "link each anonymized test image to the *other original* test images (its own original "
+        "left out): rank-k re-identification among the test subjects, and verification AUC of "
+        "same- against other-subject pairs.",
+        "",
+        "| method | " + " | ".join(t for _, t, _ in OPENSET_COLUMNS) + " |",
+        "|" + "---|" * (len(OPENSET_COLUMNS) + 1),
+    ]
+    for name, row in have.items():
+        lines.append(
+            "| " + " | ".join([name] + [_fmt(row.get(c)) for c, _, _ in OPENSET_COLUMNS]) + " |"
+        )
+    lines.append("| *chance* | " + " | ".join(_fmt(v) for v in chance) + " |")
+    return lines
