@@ -1,9 +1,11 @@
-"""Benchmark: PP-MIR training iterations per second (critic + generator steps) on this machine.
+"""Benchmark: PP-MIR / PP-SIR training iterations per second, timing the training loop's own step.
 
-Random weights (speed only): the default (CPU-sized) and the paper's network sizes, fp32 and bf16
-autocast on CUDA. Writes a JSON line per setting to stdout.
+The step is `ppgan.gan.anonymizer_step`, exactly what `task=anonymizer` runs each iteration, built
+from the composed config (objective, optimizers, networks); only the judges have random weights
+(speed only). Settings: the default (CPU-sized) and the paper's network sizes, fp32 and, on CUDA,
+bf16 autocast. Writes one JSON line per setting to stdout.
 
-    python experiments/bench_gan_step.py [--device cuda] [--iters 30]
+    python experiments/bench_gan_step.py [--device cuda] [--iters 30] [--objective pp_sir]
 """
 
 from __future__ import annotations
@@ -11,86 +13,82 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 
 from ppgan.config import compose_config
 from ppgan.engine import build
 from ppgan.engine.judges import Judges
-from ppgan.losses.adversarial import critic_terms
-from ppgan.losses.combine import weighted_sum
-from ppgan.losses.generator import generator_terms
+from ppgan.gan import anonymizer_step
 from ppgan.models.classifier import Classifier
-from ppgan.models.vae import reparameterize
+from ppgan.models.siamese import EmbeddingNet
 
 
-def bench(preset: list[str], device: str, amp: bool, iters: int, batch: int) -> dict:
-    cfg = compose_config(["task=anonymizer", "model=pp_mir", *preset, f"trainer.device={device}"])
-    m = cfg.model
-    shape = [3, 64, 64]
+def make_step(overrides: list[str], device: str, amp: bool, batch: int, n_ids: int = 40):
+    """The real training step for `overrides`, on random data of the paper's shape."""
+    cfg = compose_config(["task=anonymizer", *overrides, f"trainer.device={device}"])
+    m, shape = cfg.model, [3, 64, 64]
     enc, dec, critic = (
         build(n, in_shape=shape).to(device) for n in (m.encoder, m.decoder, m.critic)
     )
+
+    def frozen(net: torch.nn.Module) -> torch.nn.Module:
+        return net.to(device).eval().requires_grad_(False)
+
     judges = Judges(
-        disease=Classifier(shape, 2).to(device).eval().requires_grad_(False),
-        identity=Classifier(shape, 40).to(device).eval().requires_grad_(False),
+        disease=frozen(Classifier(shape, 2)),
+        identity=frozen(Classifier(shape, n_ids)),
+        siamese=frozen(EmbeddingNet(shape)),
     )
-    opt_g = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-4)
-    opt_c = torch.optim.Adam(critic.parameters(), lr=1e-4)
-    real = torch.rand(batch, *shape, device=device) * 2 - 1
-    mask = torch.ones(batch, 1, 64, 64, device=device)
-    model_cfg = dict(m)
-    weights = dict(m.loss)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if amp and device == "cuda"
-        else contextlib.nullcontext()
-    )
+    opt_g = build(cfg.optimizer, params=[*enc.parameters(), *dec.parameters()])
+    opt_c = build(cfg.critic_optimizer, params=critic.parameters())
+    refs = judges.siamese(torch.rand(n_ids, *shape, device=device) * 2 - 1).float()
 
-    def step() -> None:
-        critic.requires_grad_(True)
-        for _ in range(m.n_critic):
-            with torch.no_grad(), autocast:
-                fake = dec(reparameterize(*enc(real, mask)))
-            with autocast:
-                t = critic_terms(critic, real, fake.float())
-            loss_c = t["wasserstein"] + 10 * t["gp"]
-            opt_c.zero_grad(set_to_none=True)
-            loss_c.backward()
-            opt_c.step()
-        critic.requires_grad_(False)
-        for _ in range(m.n_gen):
-            with autocast:
-                mu, logvar = enc(real, mask)
-                fake = dec(reparameterize(mu, logvar))
-                loss_g = weighted_sum(
-                    generator_terms(real, mask, fake, mu, logvar, critic, judges, model_cfg),
-                    weights,
-                )
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
+    def autocast() -> contextlib.AbstractContextManager:
+        if amp and device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
+    step = anonymizer_step(enc, dec, critic, opt_g, opt_c, judges, cfg.objective, refs, autocast)
+    return step, cfg
+
+
+def random_stream(batch: int, device: str) -> Iterator[dict]:
+    images = torch.rand(batch, 3, 64, 64, device=device) * 2 - 1
+    b = {"images": images, "masks": torch.ones(batch, 1, 64, 64, device=device)}
+    while True:
+        yield b
+
+
+def bench(overrides: list[str], device: str, amp: bool, iters: int, batch: int) -> dict:
+    step, cfg = make_step(overrides, device, amp, batch)
+    stream = random_stream(batch, device)
     for _ in range(3):  # warm-up (cuDNN autotuning, allocator)
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+        step(stream)
+    times = []
     for _ in range(iters):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step(stream)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    ms = 1000 * statistics.median(times)
+    obj = cfg.objective
     return {
-        "preset": " ".join(preset) or "default",
+        "preset": " ".join(overrides) or "default",
         "device": device,
         "amp_bf16": amp,
         "batch": batch,
-        "n_critic": m.n_critic,
-        "n_gen": m.n_gen,
-        "iters_per_s": iters / seconds,
-        "images_per_s": iters * batch * (m.n_critic + m.n_gen) / seconds,
+        "n_critic": obj.n_critic,
+        "n_gen": obj.n_gen,
+        "ms_per_iter": ms,
+        "iters_per_s": 1000 / ms,
+        "images_per_s": 1000 / ms * batch * (obj.n_critic + obj.n_gen),
     }
 
 
@@ -98,10 +96,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--objective", default="pp_mir", choices=["pp_mir", "pp_sir"])
     args = p.parse_args()
-    presets = [[], ["experiment=paper_pp_mir"]]
+    presets = [[f"objective={args.objective}"], [f"experiment=paper_{args.objective}"]]
     for preset in presets:
-        for amp in [False, True] if args.device == "cuda" else [False]:
+        for amp in [False, True] if args.device.startswith("cuda") else [False]:
             print(json.dumps(bench(preset, args.device, amp, args.iters, 64)), flush=True)
 
 

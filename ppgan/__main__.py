@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from ppgan.config import CONF_DIR
 from ppgan.errors import PpganError
-from ppgan.tasks import run_task
+from ppgan.pipeline import run
 
 log = logging.getLogger("ppgan")
 
@@ -21,7 +21,8 @@ log = logging.getLogger("ppgan")
 def main(cfg: DictConfig) -> float | list[float] | None:
     """Run one task in its Hydra run dir; return the optimized metric(s) to sweepers."""
     try:
-        metrics = run_task(cfg, Path(HydraConfig.get().runtime.output_dir))
+        hydra_cfg = HydraConfig.get()
+        metrics = run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
     except PpganError as exc:
         if cfg.get("full_error"):
             raise

@@ -108,5 +108,5 @@ class Generator(Anonymizer):
 
 
 def quantize(x: Tensor) -> Tensor:
-    """Round [-1, 1] images to the 256 levels of uint8: what task=anonymize ships is evaluated."""
+    """Round [-1, 1] images to the 256 levels of uint8: what task=export ships is evaluated."""
     return ((x + 1) * 127.5).round() / 127.5 - 1

@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from ppgan.config import CONF_DIR
+from ppgan.pipeline import run as run_job
 from ppgan.tasks import run_task
 
 
@@ -32,9 +33,10 @@ def run(tmp_path, data_dir):
     """Run a task in-process into `tmp_path/<name>`; returns (metrics, run dir)."""
 
     def _run(*overrides: str, name: str = "run") -> tuple[dict, Path]:
-        cfg = make_cfg(f"paths.data_dir={data_dir}", *overrides)
+        args = ["debug=tiny", f"paths.data_dir={data_dir}", *overrides]
+        cfg = make_cfg(*args)
         out = tmp_path / name
-        metrics = run_task(cfg, out)
+        metrics = run_job(cfg, out, args)  # the task, or the pipeline with these user overrides
         assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics, nan_ok=True)
         return metrics, out
 

@@ -108,8 +108,8 @@ GAN = [
     "task=anonymizer",
     "task.epochs=2",
     "task.selection_warmup=0",
-    "model.n_critic=1",
-    "model.n_gen=1",
+    "objective.n_critic=1",
+    "objective.n_gen=1",
     "model.encoder.units=16",
     "model.decoder.units=16",
     "model.critic.channels=[8,16,16,16]",
@@ -118,7 +118,7 @@ GAN = [
 
 @pytest.mark.parametrize("variant", ["pp_mir", "pp_sir"])
 def test_tiny_end_to_end(run, judges, variant):
-    metrics, out = run(*GAN, f"model={variant}", *judge_overrides(judges), name=variant)
+    metrics, out = run(*GAN, f"objective={variant}", *judge_overrides(judges), name=variant)
     for key in ("val/disease_agreement", "val/identity_acc", "val/siamese_dist", "val/score"):
         assert key in metrics and metrics[key] == metrics[key]  # present and not NaN
     assert (out / "checkpoints" / "best.pt").exists() and (out / "checkpoints" / "last.pt").exists()
@@ -157,18 +157,18 @@ def test_missing_or_mismatched_judges_are_clear_errors(run, judges, tmp_path):
 def test_export_round_trip(run, judges, tmp_path):
     _, gan = run(*GAN, *judge_overrides(judges), name="gan")
     ckpt = gan / "checkpoints" / "best.pt"
-    metrics, out = run("task=anonymize", f"task.checkpoint={ckpt}", name="export")
+    metrics, out = run("task=export", f"task.checkpoint={ckpt}", name="export")
     path = out / "anonymized.h5"
     with h5py.File(path) as f:
         assert set(f.keys()) == {"images", "dis", "set", "masks"}  # no identity by default
         assert f["images"].dtype == "uint8" and f["images"].shape[1:] == (32, 32, 3)
     data = load_images(path, require_splits=("train", "val", "test"))
     assert len(data) == metrics["n_images"] == 90 and data.ids is None
-    again, out2 = run("task=anonymize", f"task.checkpoint={ckpt}", name="export2")
+    again, out2 = run("task=export", f"task.checkpoint={ckpt}", name="export2")
     with h5py.File(path) as a, h5py.File(out2 / "anonymized.h5") as b:
         assert (a["images"][()] == b["images"][()]).all()  # z = mu: deterministic
     _, out3 = run(
-        "task=anonymize",
+        "task=export",
         f"task.checkpoint={ckpt}",
         "task.keep_identity=true",
         "task.splits=[test]",
@@ -184,7 +184,7 @@ def test_export_refuses_checkpoint_of_other_shape(run, judges):
         PpganError, match=r"task.checkpoint: .*in_shape=\[3, 32, 32\].*\[3, 48, 48\]"
     ):
         run(
-            "task=anonymize",
+            "task=export",
             f"task.checkpoint={gan / 'checkpoints' / 'best.pt'}",
             "dataset.generator.size=48",
             name="bad",

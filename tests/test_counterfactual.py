@@ -17,7 +17,7 @@ from tests.conftest import judge_overrides, make_cfg
 GAN = [
     "task.epochs=2",
     "task.selection_warmup=0",
-    "model.n_critic=1",
+    "objective.n_critic=1",
     "model.encoder.units=16",
     "model.decoder.units=16",
     "model.critic.channels=[8,16,16,16]",
@@ -44,14 +44,14 @@ def gan_and_cf(tmp_path_factory, judges, data_dir):
 
     root = tmp_path_factory.mktemp("cf")
     base = [f"paths.data_dir={data_dir}", *judge_overrides(judges)]
-    run_task(make_cfg(*base, "task=anonymizer", "model=pp_mir", *GAN), root / "gan")
+    run_task(make_cfg(*base, "task=anonymizer", "objective=pp_mir", *GAN), root / "gan")
     gan = root / "gan" / "checkpoints" / "best.pt"
     metrics = run_task(
         make_cfg(*base, "task=counterfactual", f"task.checkpoint={gan}", "task.epochs=2"),
         root / "cf",
     )
     run_task(
-        make_cfg(f"paths.data_dir={data_dir}", "task=anonymize", f"task.checkpoint={gan}"),
+        make_cfg(f"paths.data_dir={data_dir}", "task=export", f"task.checkpoint={gan}"),
         root / "export",
     )
     return root, metrics

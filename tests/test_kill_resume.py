@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 
 GAN = [
     "task=anonymizer",
-    "model=pp_mir",
+    "objective=pp_mir",
     "task.selection_warmup=0",
-    "model.n_critic=1",
+    "objective.n_critic=1",
     "model.encoder.units=16",
     "model.decoder.units=16",
     "model.critic.channels=[8,16,16,16]",
@@ -94,7 +94,7 @@ def test_counterfactual_killed_resumes_to_the_same_metrics(tmp_path, data_dir, j
         "task=counterfactual",
         f"task.checkpoint={tmp_path / 'gan' / 'checkpoints' / 'best.pt'}",
         "task.epochs=5",
-        "task.n_critic=1",
+        "objective.n_critic=1",
         "task.selection_warmup=0",
         *judge_overrides(judges),
     ]

@@ -64,10 +64,10 @@ def pinned_runs(tmp_path_factory, judges, data_dir) -> dict[str, dict[str, list[
     base = [f"paths.data_dir={data_dir}", *judge_overrides(judges)]
     out = {}
     for variant in ("pp_mir", "pp_sir"):
-        run_task(make_cfg(*base, "task=anonymizer", f"model={variant}", *SMALL), root / variant)
+        run_task(make_cfg(*base, "task=anonymizer", f"objective={variant}", *SMALL), root / variant)
         out[variant] = logged(root / variant, TAGS)
     gan = root / "pp_mir" / "checkpoints" / "best.pt"
-    cf = ["task=counterfactual", f"task.checkpoint={gan}", "task.epochs=2", "task.n_critic=1"]
+    cf = ["task=counterfactual", f"task.checkpoint={gan}", "task.epochs=2", "objective.n_critic=1"]
     run_task(make_cfg(*base, *cf), root / "cf")
     out["counterfactual"] = logged(root / "cf", CF_TAGS)
     return out

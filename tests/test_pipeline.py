@@ -8,10 +8,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 
 def test_pipeline_runs_every_stage_and_resumes(run):
-    metrics, out = run("task=pipeline", name="pipe")
+    # A pipeline-level override reaches every stage whose config has the key.
+    metrics, out = run("task=pipeline", "optimizer.lr=0.00123", name="pipe")
     stages = [
         "synthesize",
         "disease",
@@ -19,8 +22,8 @@ def test_pipeline_runs_every_stage_and_resumes(run):
         "siamese",
         "pp_mir",
         "pp_sir",
-        "anonymize_pp_mir",
-        "anonymize_pp_sir",
+        "export_pp_mir",
+        "export_pp_sir",
         "cf_pp_mir",
         "cf_pp_sir",
         "evaluate",
@@ -28,6 +31,13 @@ def test_pipeline_runs_every_stage_and_resumes(run):
     ]
     for stage in stages:
         assert (out / stage / "metrics.json").exists(), stage
+    for stage in ("disease", "identity", "siamese", "pp_mir", "pp_sir", "cf_pp_mir", "cf_pp_sir"):
+        cfg = OmegaConf.load(out / stage / ".hydra" / "config.yaml")
+        assert cfg.optimizer.lr == 0.00123, stage
+        if stage.startswith(("pp_", "cf_")):
+            assert cfg.critic_optimizer.lr == 0.00123, stage
+        ckpt = torch.load(out / stage / "checkpoints" / "last.pt", weights_only=True)
+        assert ckpt["train_config"]["optimizer.lr"] == 0.00123, stage  # what training used
     report = (out / "evaluate" / "report.md").read_text()
     for row in ("original", "blur", "pixelate", "ksame", "pp_mir", "pp_sir", "pp_mir_cf"):
         assert f"| {row} |" in report
@@ -35,14 +45,14 @@ def test_pipeline_runs_every_stage_and_resumes(run):
     assert len(list((out / "explain" / "panels").glob("*.png"))) == 4
     # Every stage is done: a re-run changes nothing and gives the same metrics.
     stamps = {s: (out / s / "metrics.json").stat().st_mtime for s in stages}
-    again, _ = run("task=pipeline", name="pipe")
+    again, _ = run("task=pipeline", "optimizer.lr=0.00123", name="pipe")
     assert again == metrics
     assert stamps == {s: (out / s / "metrics.json").stat().st_mtime for s in stages}
 
 
 def test_pipeline_skips_stages_and_their_inputs(run):
     metrics, out = run(
-        "task=pipeline", "task.skip=[pp_sir,anonymize_pp_sir,cf_pp_sir,explain]", name="partial"
+        "task=pipeline", "task.skip=[pp_sir,export_pp_sir,cf_pp_sir,explain]", name="partial"
     )
     assert not (out / "pp_sir").exists()
     assert "pp_mir/privacy_score" in metrics and "pp_sir/privacy_score" not in metrics

@@ -26,10 +26,10 @@ from tests.conftest import judge_overrides, make_cfg, write_h5
 ROOT = Path(__file__).resolve().parents[1]
 GAN = [
     "task=anonymizer",
-    "model=pp_mir",
+    "objective=pp_mir",
     "task.epochs=1",
     "task.selection_warmup=0",
-    "model.n_critic=1",
+    "objective.n_critic=1",
     "model.encoder.units=16",
     "model.decoder.units=16",
     "model.critic.channels=[8,16,16,16]",
@@ -98,7 +98,7 @@ def test_poisoned_checkpoint_through_a_task_is_a_one_line_error(tmp_path, data_d
     save_checkpoint(
         ckpt, {"encoder": {}, "encoder_spec": spec, "decoder": {}, "decoder_spec": spec}
     )
-    cfg = make_cfg(f"paths.data_dir={data_dir}", "task=anonymize", f"task.checkpoint={ckpt}")
+    cfg = make_cfg(f"paths.data_dir={data_dir}", "task=export", f"task.checkpoint={ckpt}")
     with pytest.raises(PpganError) as err:
         run_task(cfg, tmp_path / "out")
     assert "\n" not in str(err.value) and "shutil.copyfile" in str(err.value)
@@ -184,10 +184,10 @@ def test_rng_streams_are_distinct_per_seed_stream_epoch_and_pass():
 def test_resume_refuses_changed_loss_weights(run, judges):
     args = [*GAN, *judge_overrides(judges)]
     run(*args, name="gan")
-    with pytest.raises(PpganError, match=r"another config \(model.loss.adv: 0.1 -> 0.5\)"):
-        run(*args, "model.loss.adv=0.5", name="gan")
-    with pytest.raises(PpganError, match=r"model.variant: 'mir' -> 'sir'"):
-        run(*[a for a in args if a != "model=pp_mir"], "model=pp_sir", name="gan")
+    with pytest.raises(PpganError, match=r"another config \(objective.loss.adv: 0.1 -> 0.5\)"):
+        run(*args, "objective.loss.adv=0.5", name="gan")
+    with pytest.raises(PpganError, match=r"objective.variant: 'mir' -> 'sir'"):
+        run(*[a for a in args if a != "objective=pp_mir"], "objective=pp_sir", name="gan")
     run(*args, "task.epochs=2", name="gan")  # a longer budget is a legitimate resume
 
 
@@ -227,7 +227,7 @@ def test_data_without_masks_warns_and_counterfactual_metrics_stay_finite(
             f"task.checkpoint={tmp_path / 'gan' / 'checkpoints' / 'best.pt'}",
             "task.epochs=1",
             "task.selection_warmup=0",
-            "task.n_critic=1",
+            "objective.n_critic=1",
         ),
         tmp_path / "cf",
     )

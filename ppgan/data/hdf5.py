@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 # The original README's convention; `dataset.split_codes` maps others (the original *code* reads
-# 1 as test and 2 as validation, see METHOD.md "Known defects").
+# 1 as test and 2 as validation, see README "Deviations from the original code").
 DEFAULT_SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 _CHUNK = 4096  # images per read when validating or loading, bounds peak memory
 

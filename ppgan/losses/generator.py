@@ -1,22 +1,63 @@
 """The privacy-preserving generator's objective: named terms, weighted by config (paper, Sec. III).
 
-Every term is a mean over the batch; `model.loss` gives the weights and a term with weight 0 is not
-computed at all.
+Every term is a mean over the batch; `objective.loss` gives the weights and a term with weight 0 is
+not computed at all. Pure: tensors and modules in, tensors out (no data or engine imports).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from ppgan.engine.judges import Judges
 from ppgan.losses.adversarial import generator_adversarial
 from ppgan.losses.privacy import different_loss, jittered_uniform, soft_cross_entropy
 from ppgan.losses.utility import disease_preservation, roi_reconstruction
 from ppgan.losses.vae import kl_divergence
 from ppgan.models.siamese import pair_distance
+
+
+class Judges(Protocol):
+    """The frozen networks that judge generated images (see `ppgan.engine.judges`)."""
+
+    disease: nn.Module
+    identity: nn.Module | None
+    siamese: nn.Module | None
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What PP-MIR / PP-SIR's generator minimises, built once from the `objective` config.
+
+    Attributes:
+        variant: `mir` (identity classifier, Sec. III-A) or `sir` (siamese network, Sec. III-B).
+        weights: loss term -> weight; a zero weight switches the term off (it is not computed).
+        roi_rec_reduction: `mean` (per element) or `sum` (the original's Σ over batch and pixels).
+        jitter: per-sample jitter of the uniform identity target, as in the original.
+        margin: PP-SIR's contrastive margin, in the siamese network's distance units.
+    """
+
+    variant: str
+    weights: dict[str, float] = field(default_factory=dict)
+    roi_rec_reduction: str = "mean"
+    jitter: bool = True
+    margin: float = 1.0
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any]) -> Objective:
+        return cls(
+            variant=node["variant"],
+            weights={k: float(v) for k, v in node["loss"].items()},
+            roi_rec_reduction=node.get("roi_rec_reduction", "mean"),
+            jitter=bool(node.get("jitter", True)),
+            margin=float(node.get("margin") or 1.0),
+        )
+
+    def uses(self, term: str) -> bool:
+        return bool(self.weights.get(term))
 
 
 def privacy_terms(
@@ -60,31 +101,30 @@ def generator_terms(
     logvar: Tensor,
     critic: nn.Module,
     judges: Judges,
-    model_cfg: Mapping,
+    objective: Objective,
     refs: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """All generator terms with a non-zero weight in `model_cfg.loss`."""
-    w = model_cfg["loss"]
+    """All generator terms that `objective` uses (non-zero weight), unweighted."""
     terms: dict[str, Tensor] = {}
-    if w.get("kl"):
+    if objective.uses("kl"):
         terms["kl"] = kl_divergence(mu.float(), logvar.float())
-    if w.get("adv"):
+    if objective.uses("adv"):
         terms["adv"] = generator_adversarial(critic, fake)
-    if w.get("disease"):
+    if objective.uses("disease"):
         with torch.no_grad():
             logits_real = judges.disease(real)
         terms["disease"] = disease_preservation(logits_real, judges.disease(fake))
-    if w.get("roi_rec"):
-        terms["roi_rec"] = roi_reconstruction(real, fake, mask, model_cfg["roi_rec_reduction"])
+    if objective.uses("roi_rec"):
+        terms["roi_rec"] = roi_reconstruction(real, fake, mask, objective.roi_rec_reduction)
     terms.update(
         privacy_terms(
             fake,
             real,
             judges,
-            model_cfg["variant"],
-            w,
-            model_cfg["margin"],
-            model_cfg["jitter"],
+            objective.variant,
+            objective.weights,
+            objective.margin,
+            objective.jitter,
             refs,
         )
     )

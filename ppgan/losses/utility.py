@@ -24,7 +24,7 @@ def roi_reconstruction(real: Tensor, fake: Tensor, mask: Tensor, reduction: str 
         return err.sum()
     if reduction == "mean":
         return err.mean()
-    raise ValueError(f"model.roi_rec_reduction must be 'mean' or 'sum', got {reduction!r}")
+    raise ValueError(f"objective.roi_rec_reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
 def roi_complement(factual: Tensor, counterfactual: Tensor, mask: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""The paper's multiclass recognition CNN (identity or disease); METHOD.md, recognition networks."""
+"""The paper's multiclass recognition CNN, for identity or disease (its experimental set-up)."""
 
 from __future__ import annotations
 

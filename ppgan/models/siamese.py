@@ -1,4 +1,4 @@
-"""The siamese identity network's shared embedding CNN; METHOD.md, recognition networks (PP-SIR)."""
+"""The siamese identity network's shared embedding CNN (paper, Sec. III-B, PP-SIR)."""
 
 from __future__ import annotations
 

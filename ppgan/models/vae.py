@@ -1,4 +1,4 @@
-"""The privacy-preserving generator: a two-branch VAE encoder and a decoder (METHOD.md, VAE-GAN).
+"""The privacy-preserving generator: a two-branch VAE encoder and a decoder (paper, Sec. III).
 
 The paper's layer plan (units 256, z 128, kernel 8 on 64x64) is generalised to any channel count and
 any square size that is a multiple of 16: four stride-2 stages down, four up.
@@ -120,6 +120,6 @@ def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
     """z = mu + sigma * eps with sigma = exp(logvar / 2) (Kingma & Welling 2014).
 
     Deviation: the original applies a sigmoid to the log-variance head first, which bounds the
-    variance to [1, e^0.5] and is not a standard VAE (METHOD.md, known defects).
+    variance to [1, e^0.5] and is not a standard VAE (README, "Deviations from the original code").
     """
     return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)

@@ -9,13 +9,12 @@ from omegaconf import DictConfig
 
 from ppgan.errors import PpganError
 from ppgan.tasks import (
-    anonymize,
     anonymizer,
     classify,
     counterfactual,
     evaluate,
     explain,
-    pipeline,
+    export,
     prepare,
     siamese,
     synthesize,
@@ -30,11 +29,10 @@ RUNNERS: dict[str, Runner] = {
     "identity": classify.run,
     "siamese": siamese.run,
     "anonymizer": anonymizer.run,
-    "anonymize": anonymize.run,
+    "export": export.run,
     "counterfactual": counterfactual.run,
     "evaluate": evaluate.run,
     "explain": explain.run,
-    "pipeline": pipeline.run,
 }
 
 
@@ -42,5 +40,6 @@ def run_task(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     """Dispatch to the loop that `cfg.task.name` selects."""
     name = cfg.task.name
     if name not in RUNNERS:
-        raise PpganError(f"task.name={name}: unknown task (choose from {sorted(RUNNERS)})")
+        known = sorted([*RUNNERS, "pipeline"])
+        raise PpganError(f"task.name={name}: unknown task (choose from {known})")
     return RUNNERS[name](cfg, Path(out_dir))

@@ -1,19 +1,17 @@
 """Task `anonymizer`: train the privacy-preserving VAE-GAN, PP-MIR or PP-SIR (paper, Sec. III).
 
-Per iteration: `n_critic` critic steps on the combined WGAN-GP loss with the fake batch generated
-under no_grad, then `n_gen` generator (encoder + decoder) steps with the critic frozen. The
-disease, identity and siamese networks are pre-trained and frozen.
+Per iteration (`ppgan.gan.GanStep`): `objective.n_critic` critic steps on the combined WGAN-GP loss
+with the fake batch generated under no_grad, then `objective.n_gen` generator (encoder + decoder)
+steps with the critic frozen. The disease, identity and siamese networks are pre-trained and frozen.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
+from omegaconf import DictConfig
 
 from ppgan.data import ImageData, load_dataset
 from ppgan.engine import (
@@ -28,81 +26,24 @@ from ppgan.engine import (
 from ppgan.engine.images import rows_grid
 from ppgan.engine.judges import Judges, load_judges
 from ppgan.errors import PpganError
-from ppgan.losses.adversarial import critic_terms
-from ppgan.losses.combine import weighted_sum
-from ppgan.losses.generator import generator_terms
+from ppgan.gan import (
+    REQUIRED_JUDGES,
+    anonymizer_step,
+    reference_embeddings,
+    require_bf16,
+    run_epoch,
+    train_stream,
+)
 from ppgan.losses.privacy import jittered_uniform, soft_cross_entropy
 from ppgan.models.siamese import pair_distance
-from ppgan.models.vae import reparameterize
 
 log = logging.getLogger(__name__)
-REQUIRED = {"mir": ("disease", "identity"), "sir": ("disease", "siamese")}
-
-
-def train_stream(data: ImageData, batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
-    """Endless shuffled training batches for one epoch, a function of (seed, epoch) only.
-
-    `batch_size` must not exceed the training split (see `fit_batch_size`): with the last
-    incomplete batch dropped, a pass would otherwise yield nothing and the stream never end.
-    """
-    if batch_size > len(data.indices("train")):
-        raise ValueError(f"batch_size={batch_size} exceeds the training split")
-    n_pass = 0
-    while True:
-        gen = epoch_generator(seed, epoch, data.device, stream="train", n_pass=n_pass)
-        yield from data.batches("train", batch_size, shuffle=True, generator=gen, drop_last=True)
-        n_pass += 1
-
-
-def require_bf16(ctx: RunContext) -> None:
-    """fp16 autocast needs a loss scaler, which the gradient penalty's double backward breaks."""
-    if ctx.amp_dtype == torch.float16:
-        raise PpganError("trainer.amp_dtype=float16: the gradient penalty needs bfloat16 autocast")
-
-
-def critic_phase(
-    ctx: RunContext, critic, opt_c, stream: Iterator[dict], fake_of, n_steps: int, gp_weight: float
-) -> dict[str, Tensor]:
-    """`n_steps` critic steps on the combined WGAN-GP loss, each on a fresh real batch, the fake
-    batch made by `fake_of(batch)` under no_grad. Leaves the critic frozen for the generator phase.
-
-    Returns:
-        The last step's terms (`wasserstein`, `gp`, `loss`), for logging.
-    """
-    critic.requires_grad_(True)
-    for _ in range(n_steps):
-        b = next(stream)
-        with torch.no_grad(), ctx.autocast():
-            fake = fake_of(b)
-        with ctx.autocast():
-            terms = critic_terms(critic, b["images"], fake.float())
-        terms["loss"] = terms["wasserstein"] + gp_weight * terms["gp"]
-        opt_c.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt_c.step()
-    critic.requires_grad_(False)  # the generator's gradients must not train the critic
-    return terms
-
-
-def reference_embeddings(judges: Judges, data: ImageData, gen: torch.Generator, bs: int) -> Tensor:
-    """PP-SIR: the siamese embedding of one random training image of every identity [n_ids, D]."""
-    idx = data.indices("train")
-    ids = data.ids[idx]
-    noise = torch.rand(len(idx), generator=gen, device=gen.device).to(idx.device)
-    # Per identity, the image with the largest random key: one uniform draw per identity.
-    key = ids.double() * 2 + noise.double()
-    order = torch.argsort(key)
-    last = torch.ones_like(ids[order], dtype=torch.bool)
-    last[:-1] = ids[order][1:] != ids[order][:-1]
-    pick = idx[order][last]  # sorted by identity
-    with torch.no_grad():
-        return torch.cat([judges.siamese(b["images"]) for b in data.batches(pick, bs)]).float()
 
 
 @torch.no_grad()
 def validate(enc, dec, judges: Judges, data: ImageData, cfg: DictConfig) -> dict[str, float]:
     """Validation metrics and the paper's model-selection score (lower is better), z = mu."""
-    m, sel = cfg.model, cfg.model.selection
+    obj, sel = cfg.objective, cfg.objective.selection
     enc.eval(), dec.eval()
     sums: dict[str, float] = {}
     n = 0
@@ -128,7 +69,7 @@ def validate(enc, dec, judges: Judges, data: ImageData, cfg: DictConfig) -> dict
         n += len(real)
     enc.train(), dec.train()
     val = {k: v / n for k, v in sums.items()}
-    if m.variant == "mir":
+    if obj.variant == "mir":
         val["score"] = val["disease_ce"] + sel.identity * val["identity_ce_uniform"]
     else:  # deviation: capped at `distance_cap`; the original zeroes the term above it
         val["score"] = val["disease_ce"] - sel.siamese * min(val["siamese_dist"], sel.distance_cap)
@@ -138,13 +79,13 @@ def validate(enc, dec, judges: Judges, data: ImageData, cfg: DictConfig) -> dict
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     ctx = RunContext(cfg, out_dir)
-    task, m = cfg.task, cfg.model
-    require_bf16(ctx)
-    if m.variant not in REQUIRED:
-        raise PpganError(f"model.variant={m.variant}: must be 'mir' or 'sir'")
+    task, m, obj = cfg.task, cfg.model, cfg.objective
+    require_bf16(ctx.amp_dtype)
+    if obj.get("variant") not in REQUIRED_JUDGES:
+        raise PpganError(f"objective.variant={obj.get('variant')}: must be 'mir' or 'sir'")
     data = load_dataset(cfg.dataset, require_splits=("train", "val")).to(ctx.device)
     data.require_ids("task=anonymizer")
-    judges = load_judges(task, data, ctx.device, REQUIRED[m.variant])
+    judges = load_judges(task, data, ctx.device, REQUIRED_JUDGES[obj.variant])
     shape = list(data.shape)
     enc, enc_spec = build_model(m.encoder, in_shape=shape)
     dec, dec_spec = build_model(m.decoder, in_shape=shape)
@@ -152,17 +93,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     for net in (enc, dec, critic):
         net.to(ctx.device)
     opt_g = build(cfg.optimizer, params=[*enc.parameters(), *dec.parameters()])
-    opt_c = build(cfg.optimizer, params=critic.parameters())
+    opt_c = build(cfg.critic_optimizer, params=critic.parameters())
     nets = {"encoder": (enc, enc_spec), "decoder": (dec, dec_spec), "critic": (critic, critic_spec)}
     opts = {"opt_g": opt_g, "opt_c": opt_c}
     select = Selection(patience=0, warmup=task.selection_warmup)
     start = ctx.resume(nets, opts, select)
 
-    weights = OmegaConf.to_container(m.loss)
-    model_cfg = OmegaConf.to_container(m)
     meta = {
-        "variant": m.variant,
-        "margin": float(m.margin),
+        "variant": obj.variant,
+        "margin": float(obj.margin),
         "n_ids": data.n_ids,
         "n_classes": data.n_classes,
     }
@@ -171,53 +110,28 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     batch_size = fit_batch_size(n_train, task.batch_size, "task=anonymizer")
     iters = max(1, n_train // batch_size)
     log.info(
-        "task=anonymizer model.variant=%s: %d epochs x %d iterations (%d critic + %d gen "
+        "task=anonymizer objective.variant=%s: %d epochs x %d iterations (%d critic + %d gen "
         "steps each) on %s",
-        m.variant,
+        obj.variant,
         task.epochs,
         iters,
-        m.n_critic,
-        m.n_gen,
+        obj.n_critic,
+        obj.n_gen,
         ctx.device,
     )
     bar = ctx.progress(
-        range(start, task.epochs), desc=f"pp_{m.variant}", initial=start, total=task.epochs
+        range(start, task.epochs), desc=f"pp_{obj.variant}", initial=start, total=task.epochs
     )
     for epoch in bar:
         stream = train_stream(data, batch_size, ctx.seed, epoch)
         refs = None
-        if m.variant == "sir":
+        if obj.variant == "sir":
             gen = epoch_generator(ctx.seed, epoch, data.device, stream="references")
-            refs = reference_embeddings(judges, data, gen, cfg.trainer.eval_batch_size)
-        sums: dict[str, Tensor] = {}
-        for _ in range(iters):
-            terms_c = critic_phase(
-                ctx,
-                critic,
-                opt_c,
-                stream,
-                lambda b: dec(reparameterize(*enc(b["images"], b["masks"]))),
-                m.n_critic,
-                m.gp_weight,
-            )
-            for _ in range(m.n_gen):
-                b = next(stream)
-                with ctx.autocast():
-                    mu, logvar = enc(b["images"], b["masks"])
-                    fake = dec(reparameterize(mu, logvar))
-                    terms_g = generator_terms(
-                        b["images"], b["masks"], fake, mu, logvar, critic, judges, model_cfg, refs
-                    )
-                loss_g = weighted_sum(terms_g, weights)
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                opt_g.step()
-            # Sums stay on the device: the host reads them once per epoch, not once per step.
-            logged = {f"critic/{k}": v for k, v in terms_c.items()}
-            logged |= {f"gen/{k}": v for k, v in terms_g.items()}
-            logged["gen/total"] = loss_g
-            for k, v in logged.items():
-                sums[k] = sums.get(k, 0) + v.detach().float()
+            refs = reference_embeddings(judges.siamese, data, gen, cfg.trainer.eval_batch_size)
+        step = anonymizer_step(
+            enc, dec, critic, opt_g, opt_c, judges, cfg.objective, refs, ctx.autocast
+        )
+        sums = run_epoch(step, stream, iters)
         ctx.log_means(sums, iters, epoch + 1)
         val = validate(enc, dec, judges, data, cfg)
         for k, v in val.items():

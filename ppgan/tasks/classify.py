@@ -1,4 +1,4 @@
-"""Tasks `disease` and `identity`: the paper's recognition CNN (METHOD.md), trained with Adam,
+"""Tasks `disease` and `identity`: the paper's recognition CNN, trained with Adam,
 early stopping and best-validation checkpointing."""
 
 from __future__ import annotations

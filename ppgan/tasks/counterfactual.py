@@ -29,18 +29,18 @@ from ppgan.engine import (
 from ppgan.engine.images import rows_grid
 from ppgan.engine.judges import load_judges
 from ppgan.errors import PpganError
+from ppgan.gan import (
+    REQUIRED_JUDGES,
+    GanStep,
+    reference_embeddings,
+    require_bf16,
+    run_epoch,
+    train_stream,
+)
 from ppgan.losses.adversarial import generator_adversarial
-from ppgan.losses.combine import weighted_sum
 from ppgan.losses.counterfactual import robust_disease_flip, target_classes
 from ppgan.losses.generator import privacy_terms
 from ppgan.losses.utility import roi_complement
-from ppgan.tasks.anonymizer import (
-    REQUIRED,
-    critic_phase,
-    reference_embeddings,
-    require_bf16,
-    train_stream,
-)
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def validate(enc, dec, cf_dec, judges, data, cfg: DictConfig) -> dict[str, float
     training network alone is not selected.
     """
     cf_dec.eval()
-    lowpass = cfg.task.disease_views.lowpass
+    lowpass = cfg.objective.disease_views.lowpass
     sums = {"flip_rate": 0.0, "robust_flip_rate": 0.0, "roi_complement": 0.0, "identity_acc": 0.0}
     n = 0
     for b in data.batches("val", cfg.trainer.eval_batch_size):
@@ -75,7 +75,9 @@ def validate(enc, dec, cf_dec, judges, data, cfg: DictConfig) -> dict[str, float
         n += len(z)
     cf_dec.train()
     val = {k: v / n for k, v in sums.items()}
-    val["score"] = (1 - val["robust_flip_rate"]) + cfg.task.selection_roi * val["roi_complement"]
+    val["score"] = (1 - val["robust_flip_rate"]) + cfg.objective.selection_roi * val[
+        "roi_complement"
+    ]
     return val
 
 
@@ -89,17 +91,17 @@ def roi_of(data: ImageData, b: dict) -> torch.Tensor:
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     ctx = RunContext(cfg, out_dir)
-    task = cfg.task
-    require_bf16(ctx)
+    task, obj = cfg.task, cfg.objective
+    require_bf16(ctx.amp_dtype)
     data = load_dataset(cfg.dataset, require_splits=("train", "val")).to(ctx.device)
     data.require_ids("task=counterfactual")
     (enc, dec), gan = load_frozen_parts(
         task.checkpoint, ("encoder", "decoder"), data.shape, ctx.device, "task.checkpoint"
     )
     variant = gan.get("variant")
-    if variant not in REQUIRED:
+    if variant not in REQUIRED_JUDGES:
         raise PpganError(f"task.checkpoint: {task.checkpoint} is not a task=anonymizer checkpoint")
-    judges = load_judges(task, data, ctx.device, REQUIRED[variant])
+    judges = load_judges(task, data, ctx.device, REQUIRED_JUDGES[variant])
     # Same architecture as the factual decoder; warm-started from it (a deviation: the original
     # starts from scratch) so training begins at the factual image and only learns the change.
     cf_dec, cf_spec = rebuild(gan["decoder_spec"]).to(ctx.device), gan["decoder_spec"]
@@ -108,17 +110,17 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         cf_dec.load_state_dict(gan["decoder"])
         critic.load_state_dict(gan["critic"])
     opt_g = build(cfg.optimizer, params=cf_dec.parameters())
-    opt_c = build(cfg.optimizer, params=critic.parameters())
+    opt_c = build(cfg.critic_optimizer, params=critic.parameters())
     nets = {"cf_decoder": (cf_dec, cf_spec), "critic": (critic, critic_spec)}
     opts = {"opt_g": opt_g, "opt_c": opt_c}
     select = Selection(patience=0, warmup=task.selection_warmup)
     start = ctx.resume(nets, opts, select)
 
-    margin = task.margin if task.margin is not None else gan.get("margin")
+    margin = obj.margin if obj.margin is not None else gan.get("margin")
     if margin is None and variant == "sir":
-        raise PpganError("task.margin: the checkpoint does not record its margin; set it")
-    weights = OmegaConf.to_container(task.loss)
-    robust = OmegaConf.to_container(task.disease_views)
+        raise PpganError("objective.margin: the checkpoint does not record its margin; set it")
+    weights = OmegaConf.to_container(obj.loss)
+    robust = OmegaConf.to_container(obj.disease_views)
     privacy_w = {k: v for k, v in weights.items() if k in ("identity", "identity_self")}
     # The frozen stage-1 networks travel in the checkpoint as the modules are *now*, so explain and
     # evaluate load one file, and the tests can check that training left them untouched.
@@ -135,41 +137,35 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         refs = None
         if variant == "sir":
             gen = epoch_generator(ctx.seed, epoch, data.device, stream="references")
-            refs = reference_embeddings(judges, data, gen, cfg.trainer.eval_batch_size)
-        sums: dict[str, torch.Tensor] = {}
-        for _ in range(iters):
-            terms_c = critic_phase(
-                ctx,
-                critic,
-                opt_c,
-                stream,
-                lambda b: cf_dec(enc(b["images"], b["masks"])[0]),
-                task.n_critic,
-                task.gp_weight,
-            )
-            b = next(stream)
-            with torch.no_grad(), ctx.autocast():  # frozen stage 1: no gradient, no BN updates
+            refs = reference_embeddings(judges.siamese, data, gen, cfg.trainer.eval_batch_size)
+
+        def terms_of(b: dict, refs=refs) -> dict[str, torch.Tensor]:
+            with torch.no_grad():  # frozen stage 1: no gradient, no BN updates
                 z = enc(b["images"], b["masks"])[0]
                 factual = dec(z)
                 target = target_classes(judges.disease(b["images"]), task.target_class)
-            with ctx.autocast():
-                cf = cf_dec(z)
-                terms = {
-                    "disease": robust_disease_flip(judges.disease, cf, target, **robust),
-                    "roi_complement": roi_complement(factual.float(), cf.float(), roi_of(data, b)),
-                    "adv": generator_adversarial(critic, cf),
-                    **privacy_terms(
-                        cf, b["images"], judges, variant, privacy_w, margin, True, refs
-                    ),
-                }
-            loss_g = weighted_sum(terms, weights)
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            logged = {f"critic/{k}": v for k, v in terms_c.items()} | {"cf/total": loss_g}
-            logged |= {f"cf/{k}": v for k, v in terms.items()}
-            for k, v in logged.items():
-                sums[k] = sums.get(k, 0) + v.detach().float()
+            cf = cf_dec(z)
+            return {
+                "disease": robust_disease_flip(judges.disease, cf, target, **robust),
+                "roi_complement": roi_complement(factual.float(), cf.float(), roi_of(data, b)),
+                "adv": generator_adversarial(critic, cf),
+                **privacy_terms(cf, b["images"], judges, variant, privacy_w, margin, True, refs),
+            }
+
+        step = GanStep(
+            critic=critic,
+            opt_c=opt_c,
+            opt_g=opt_g,
+            fake_of=lambda b: cf_dec(enc(b["images"], b["masks"])[0]),
+            terms_of=terms_of,
+            weights=weights,
+            n_critic=obj.n_critic,
+            n_gen=obj.n_gen,
+            gp_weight=obj.gp_weight,
+            autocast=ctx.autocast,
+            prefix="cf",
+        )
+        sums = run_epoch(step, stream, iters)
         ctx.log_means(sums, iters, epoch + 1)
         val = validate(enc, dec, cf_dec, judges, data, cfg)
         for k, v in val.items():

@@ -35,10 +35,10 @@ from ppgan.losses.counterfactual import target_classes
 from ppgan.metrics.classification import classification_metrics, topk_accuracy
 from ppgan.metrics.openset import openset_attacks
 from ppgan.metrics.realism import fid_kid, region_psnr, region_ssim
+from ppgan.metrics.report import write_report
 from ppgan.metrics.retrieval import precision_at_k
 from ppgan.metrics.verification import rank_k, verification_metrics
 from ppgan.models.resnet import FeatureExtractor
-from ppgan.tasks.report import write_report
 
 log = logging.getLogger(__name__)
 

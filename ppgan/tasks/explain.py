@@ -44,7 +44,7 @@ def case_base(ctx: RunContext, disease, shape: tuple[int, ...]) -> dict[str, Ten
         return {k: v.to(ctx.device) if isinstance(v, Tensor) else v for k, v in base.items()}
     if not task.anonymized_file:
         raise PpganError(
-            "task.anonymized_file: required to build the case base (the output of task=anonymize)"
+            "task.anonymized_file: required to build the case base (the output of task=export)"
         )
     anon = load_images(task.anonymized_file, require_splits=("train",)).to(ctx.device)
     if anon.shape != tuple(shape):

@@ -1,7 +1,7 @@
-"""Task `anonymize`: rewrite chosen splits with a trained generator into a new HDF5 (same format).
+"""Task `export`: rewrite chosen splits with a trained generator into a new HDF5 (same format).
 
 The identity labels are left out by default: the original exported them, which links every
-anonymized image back to its patient (METHOD.md, known defects).
+anonymized image back to its patient (README, "Deviations from the original code").
 """
 
 from __future__ import annotations

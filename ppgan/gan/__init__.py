@@ -1,0 +1,24 @@
+"""The adversarial training step shared by every GAN loop (the anonymizer, the counterfactual
+decoder) and by the benchmark: batch stream, critic phase, generator phase, AMP policy."""
+
+from ppgan.gan.step import (
+    REQUIRED_JUDGES,
+    GanStep,
+    anonymizer_step,
+    critic_phase,
+    reference_embeddings,
+    require_bf16,
+    run_epoch,
+    train_stream,
+)
+
+__all__ = [
+    "REQUIRED_JUDGES",
+    "GanStep",
+    "anonymizer_step",
+    "critic_phase",
+    "reference_embeddings",
+    "require_bf16",
+    "run_epoch",
+    "train_stream",
+]
