@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ppgan.config import compose_config
 from ppgan.engine import RunContext
+from ppgan.engine.context import training_config
 from ppgan.errors import PpganError
 from ppgan.tasks import run_task
 
@@ -46,7 +47,11 @@ def user_overrides_for(stage: DictConfig, user: list[str]) -> list[str]:
     for text, parsed in zip(user, OverridesParser.create().parse_overrides(user)):
         key = parsed.key_or_group
         root = key.split(".")[0].split("@")[0]
-        if root in ("hydra", "task") or (root in PIPELINE_GROUPS and "." not in key):
+        if (
+            root.startswith("hydra")
+            or root == "task"
+            or (root in PIPELINE_GROUPS and "." not in key)
+        ):
             continue  # Hydra's own settings, the pipeline's task node and group choices
         if "." not in key and OmegaConf.select(stage, key, default=_ABSENT) is _ABSENT:
             keep.append(text)  # a group choice: dataset=hdf5, debug=tiny, trainer=...
@@ -65,6 +70,17 @@ def stage_config(cfg: DictConfig, name: str, overrides: list[str], user: list[st
     base = compose_config(overrides)
     applied = user_overrides_for(base, user)
     return compose_config([*overrides, *applied, *extra])
+
+
+def same_stage_config(name: str, saved: DictConfig, now: DictConfig) -> None:
+    """A finished stage is reused only if it was trained with the config asked for now."""
+    before, after = training_config(saved), training_config(now)
+    if differ := sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k)):
+        raise PpganError(
+            f"hydra.run.dir: stage '{name}' finished with another config ({', '.join(differ[:4])}"
+            f"{'...' if len(differ) > 4 else ''}); re-run with the original overrides or use a "
+            "new run dir"
+        )
 
 
 def run_pipeline(cfg: DictConfig, out_dir: Path, user: list[str]) -> dict[str, float]:
@@ -86,9 +102,6 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, user: list[str]) -> dict[str, f
         if name in skip:
             continue
         stage_dir = dirs[name]
-        if (stage_dir / "metrics.json").exists():
-            log.info("stage %s: done, skipped (%s)", name, stage_dir)
-            continue
         resolved = []
         for item in overrides:
             refs = PLACEHOLDER.findall(item)
@@ -98,10 +111,17 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, user: list[str]) -> dict[str, f
         sub = stage_config(cfg, name, resolved, user)
         if synthetic and name != "synthesize":
             sub.dataset.path = str(dirs["synthesize"] / "synthetic_iris.h5")
+        saved = stage_dir / ".hydra" / "config.yaml"
+        if (stage_dir / "metrics.json").exists():
+            if stage_dir.is_relative_to(out_dir) and saved.exists():
+                same_stage_config(name, OmegaConf.load(saved), sub)
+            log.info("stage %s: done, skipped (%s)", name, stage_dir)
+            continue
         log.info("stage %s: task=%s -> %s", name, sub.task.name, stage_dir)
-        # What Hydra writes for a run of its own: the stage's composed config, for the record.
-        (stage_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(sub, stage_dir / ".hydra" / "config.yaml")
+        # What Hydra writes for a run of its own: the stage's composed config, for the record
+        # (and for the check above when the pipeline is re-run in this run dir).
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(sub, saved)
         run_task(sub, stage_dir)
     # The pipeline's metrics (for metrics.json and sweeps) are those of one stage, the evaluation.
     final = dirs.get(task.metrics_from)

@@ -192,14 +192,14 @@ def test_export_refuses_checkpoint_of_other_shape(run, judges):
 
 
 def test_divergence_stops_clearly_and_keeps_last_good_checkpoint(run, judges, monkeypatch):
-    import ppgan.tasks.anonymizer as anonymizer
+    import ppgan.gan.step as gan_step
 
     args = [*GAN, *judge_overrides(judges)]
     run(*[a.replace("task.epochs=2", "task.epochs=1") for a in args], name="div")
     # Resumed for epoch 2 (same config), every generator term turns NaN.
-    terms = anonymizer.generator_terms
+    terms = gan_step.generator_terms
     monkeypatch.setattr(
-        anonymizer,
+        gan_step,
         "generator_terms",
         lambda *a, **k: {n: t * float("nan") for n, t in terms(*a, **k).items()},
     )

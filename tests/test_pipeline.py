@@ -11,6 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ppgan.errors import PpganError
+
 
 def test_pipeline_runs_every_stage_and_resumes(run):
     # A pipeline-level override reaches every stage whose config has the key.
@@ -48,6 +50,9 @@ def test_pipeline_runs_every_stage_and_resumes(run):
     again, _ = run("task=pipeline", "optimizer.lr=0.00123", name="pipe")
     assert again == metrics
     assert stamps == {s: (out / s / "metrics.json").stat().st_mtime for s in stages}
+    # ... and a re-run with another training config refuses to mix it with the finished stages.
+    with pytest.raises(PpganError, match="stage 'disease' finished with another config"):
+        run("task=pipeline", "optimizer.lr=0.002", name="pipe")
 
 
 def test_pipeline_skips_stages_and_their_inputs(run):

@@ -276,6 +276,21 @@ def malformed_corpus(root: Path, good: dict[str, np.ndarray]) -> dict[str, Path]
         "missing_key": h5("nodis", dis=None),
         "no_val_split": h5("noval", set=np.zeros(n, int)),
     }
+    with h5py.File(root / "scalar.h5", "w") as f:  # labels as a scalar string
+        for k, v in good.items():
+            f.create_dataset(k, data=v if k != "dis" else "abc")
+    corpus["scalar_labels"] = root / "scalar.h5"
+    with h5py.File(root / "null.h5", "w") as f:  # labels with an empty dataspace
+        for k, v in good.items():
+            f.create_dataset(k, data=v) if k != "set" else f.create_dataset(
+                k, shape=None, dtype="i8"
+            )
+    corpus["null_labels"] = root / "null.h5"
+    with h5py.File(root / "maskgroup.h5", "w") as f:
+        for k, v in good.items():
+            f.create_dataset(k, data=v) if k != "masks" else f.create_group("masks")
+    corpus["masks_group"] = root / "maskgroup.h5"
+    corpus["string_masks"] = h5("strmasks", masks=np.full((n, 32, 32), b"x"))
     whole = h5("whole").read_bytes()  # a valid file, cut in half
     corpus["truncated"] = root / "truncated.h5"
     corpus["truncated"].write_bytes(whole[: len(whole) // 2])
@@ -321,6 +336,10 @@ CASES = [
     "single_disease_class",
     "missing_key",
     "no_val_split",
+    "scalar_labels",
+    "null_labels",
+    "masks_group",
+    "string_masks",
     "truncated",
     "not_hdf5",
     "directory",
@@ -342,6 +361,31 @@ def test_malformed_file_is_one_line_error_naming_it_and_nothing_is_written(tmp_p
     assert written == [], written
     if before is not None:
         assert path.read_bytes() == before  # the input is never touched
+
+
+@pytest.mark.parametrize("task", ["identity", "siamese"])
+def test_a_single_identity_is_refused_not_trained_or_hung(tmp_path, valid_arrays, task):
+    one = write_h5(tmp_path / "one.h5", **dict(valid_arrays, id=np.zeros(18, int)))
+    cfg = make_cfg(f"task={task}", "dataset=hdf5", f"dataset.path={one}")
+    with deadline(60), pytest.raises(PpganError, match="at least 2 identities"):
+        run_task(cfg, tmp_path / "run")
+
+
+def test_checkpoint_that_is_not_a_dict_and_bad_settings_are_clear_errors(
+    tmp_path, data_dir, judges
+):
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    with pytest.raises(PpganError, match="not a ppgan checkpoint"):
+        load_frozen(tmp_path / "tensor.pt")
+    with pytest.raises(PpganError, match="seed=-1: must be >= 0"):
+        run_task(make_cfg(f"paths.data_dir={data_dir}", "task=disease", "seed=-1"), tmp_path / "s")
+    with pytest.raises(PpganError, match="objective.n_critic=0: must be >= 1"):
+        run_task(
+            make_cfg(
+                f"paths.data_dir={data_dir}", *GAN, *judge_overrides(judges), "objective.n_critic=0"
+            ),
+            tmp_path / "g",
+        )
 
 
 def test_corpus_covers_every_case(corpus):

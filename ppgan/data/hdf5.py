@@ -29,8 +29,18 @@ def _fail(path: Path, key: str, problem: str) -> PpganError:
     return PpganError(f"{path}: key '{key}': {problem}")
 
 
+def _dataset(f: h5py.File, path: Path, key: str) -> h5py.Dataset:
+    """`f[key]` if it is an array with a shape (not a group, a scalar or an empty dataspace)."""
+    node = f[key]
+    if not isinstance(node, h5py.Dataset):
+        raise _fail(path, key, "is a group, expected an array")
+    if node.shape is None or node.ndim == 0:
+        raise _fail(path, key, "is a scalar or empty, expected an array")
+    return node
+
+
 def _read_labels(f: h5py.File, path: Path, key: str, n: int) -> np.ndarray:
-    arr = f[key][()]
+    arr = _dataset(f, path, key)[()]
     if arr.ndim != 1:
         raise _fail(path, key, f"expected a 1-D array of length {n}, got shape {arr.shape}")
     if len(arr) != n:
@@ -289,8 +299,7 @@ def _load_images(
     for key in ("images", "dis", "set"):
         if key not in f:
             raise _fail(path, key, f"missing (the file has {sorted(f.keys())})")
-        if not isinstance(f[key], h5py.Dataset):
-            raise _fail(path, key, "is a group, expected an array")
+        _dataset(f, path, key)
 
     ds = f["images"]
     if ds.ndim not in (3, 4):
@@ -339,6 +348,8 @@ def _load_images(
             raise _fail(mask_src, "masks", "missing")
     elif "masks" in f:
         mask_file, mask_src = f, path
+    if mask_file is not None and _dataset(mask_file, mask_src, "masks").dtype.kind not in "biuf":
+        raise _fail(mask_src, "masks", f"expected numbers, got dtype {mask_file['masks'].dtype}")
     if mask_file is not None and mask_file["masks"].shape != (n, h, w):
         raise _fail(
             mask_src, "masks", f"expected shape {(n, h, w)}, got {mask_file['masks'].shape}"

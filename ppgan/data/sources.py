@@ -311,7 +311,13 @@ def read_class_names(path: str | Path) -> list[str] | None:
     with h5py.File(path, "r") as f:
         if "class_names" not in f:
             return None
-        return [n.decode() if isinstance(n, bytes) else str(n) for n in f["class_names"][()]]
+        node = f["class_names"]
+        if not isinstance(node, h5py.Dataset) or node.ndim != 1:
+            raise PpganError(f"{path}: key 'class_names': expected a 1-D array of names")
+        try:
+            return [n.decode() if isinstance(n, bytes) else str(n) for n in node[()]]
+        except UnicodeDecodeError as exc:
+            raise PpganError(f"{path}: key 'class_names': names are not UTF-8 ({exc})") from exc
 
 
 def write_subject_map(path: Path, subjects: list[str]) -> None:

@@ -97,7 +97,7 @@ def rebuild(spec: dict, where: str = "checkpoint") -> nn.Module:
         kwargs[key] = value
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError, AttributeError) as exc:  # arguments of no sense
         raise PpganError(
             f"{where}: cannot build {spec['_target_']}: {exc}".splitlines()[0]
         ) from exc

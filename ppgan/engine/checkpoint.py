@@ -32,9 +32,12 @@ def load_checkpoint(path: str | Path, key: str = "checkpoint") -> dict[str, Any]
             f"{key}: checkpoint {path} does not exist (train it first or fix the path)"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt / foreign files
         raise PpganError(f"{key}: cannot read checkpoint {path}: {exc}".splitlines()[0]) from exc
+    if not isinstance(ckpt, dict):
+        raise PpganError(f"{key}: {path} is not a ppgan checkpoint (a {type(ckpt).__name__})")
+    return ckpt
 
 
 def load_frozen(
@@ -69,8 +72,21 @@ def frozen_from(
     expect: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Rebuild network `which` of a loaded checkpoint, frozen; see `load_frozen`."""
-    if f"{which}_spec" not in ckpt:
-        raise PpganError(f"{where} holds no network '{which}' (keys: {sorted(ckpt)})")
+    net = network_from(ckpt, which, where, expect)
+    net.to(device).eval().requires_grad_(False)
+    return net
+
+
+def network_from(
+    ckpt: dict[str, Any],
+    which: str,
+    where: str = "checkpoint",
+    expect: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Rebuild network `which` of a loaded checkpoint with its weights (on the CPU, trainable):
+    its class allowlisted, its spec checked against `expect`, every mismatch a `PpganError`."""
+    if f"{which}_spec" not in ckpt or which not in ckpt:
+        raise PpganError(f"{where} holds no network '{which}' (keys: {sorted(map(str, ckpt))})")
     spec = ckpt[f"{which}_spec"]
     if not isinstance(spec, dict):
         raise PpganError(f"{where}: network '{which}' has no valid spec")
@@ -86,11 +102,10 @@ def frozen_from(
     net = rebuild(spec, where)
     try:
         net.load_state_dict(ckpt[which])
-    except (RuntimeError, KeyError) as exc:  # a spec that does not match its weights
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:  # weights not of the spec
         raise PpganError(
             f"{where}: weights of '{which}' do not fit its spec: {exc}".splitlines()[0]
         ) from exc
-    net.to(device).eval().requires_grad_(False)
     return net
 
 

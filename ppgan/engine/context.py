@@ -102,7 +102,9 @@ def training_config(cfg: DictConfig) -> dict[str, Any]:
 
     Stored in every training checkpoint; resuming a run dir with a different one is refused.
     """
-    flat = flatten_groups(cfg, ("model", "task", "dataset", "optimizer"))
+    flat = flatten_groups(
+        cfg, ("model", "objective", "task", "dataset", "optimizer", "critic_optimizer")
+    )
     return {k: v for k, v in flat.items() if k not in _NOT_SHAPING}
 
 
@@ -129,7 +131,10 @@ def flatten_groups(cfg: DictConfig, groups: tuple[str, ...]) -> dict[str, Any]:
     """`seed` and the resolved config groups `groups`, flattened to `group.key: value`."""
     out: dict[str, Any] = {"seed": cfg.get("seed")}
     for group in groups:
-        stack = [(group, OmegaConf.to_container(cfg.get(group) or {}, resolve=True))]
+        node = cfg.get(group)
+        if isinstance(node, DictConfig):
+            node = OmegaConf.to_container(node, resolve=True)
+        stack = [(group, node if node is not None else {})]
         while stack:
             prefix, value = stack.pop()
             if isinstance(value, dict) and value:
@@ -148,6 +153,8 @@ class RunContext:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(cfg.trainer.device)
         self.seed = int(cfg.seed)
+        if self.seed < 0:
+            raise PpganError(f"seed={self.seed}: must be >= 0")
         seed_everything(self.seed)
         self.ckpt_dir = self.out_dir / "checkpoints"
         amp = bool(cfg.trainer.amp) and self.device.type == "cuda"

@@ -121,6 +121,11 @@ class GanStep:
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     prefix: str = "gen"
 
+    def __post_init__(self) -> None:
+        for name in ("n_critic", "n_gen"):
+            if int(getattr(self, name)) < 1:
+                raise PpganError(f"objective.{name}={getattr(self, name)}: must be >= 1")
+
     def __call__(self, stream: Iterator[dict]) -> dict[str, Tensor]:
         """Run one iteration on batches of `stream`; returns its terms, detached, on the device."""
         terms_c = critic_phase(

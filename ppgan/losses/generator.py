@@ -53,7 +53,7 @@ class Objective:
             weights={k: float(v) for k, v in node["loss"].items()},
             roi_rec_reduction=node.get("roi_rec_reduction", "mean"),
             jitter=bool(node.get("jitter", True)),
-            margin=float(node.get("margin") or 1.0),
+            margin=float(1.0 if node.get("margin") is None else node["margin"]),
         )
 
     def uses(self, term: str) -> bool:

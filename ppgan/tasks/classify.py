@@ -20,6 +20,7 @@ from ppgan.engine import (
     load_checkpoint,
 )
 from ppgan.engine.inference import collect
+from ppgan.errors import PpganError
 from ppgan.metrics.classification import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ def labels_of(data: ImageData, label: str, task: str) -> tuple[str, int]:
     """The batch key and class count of `label` ('dis' or 'id')."""
     if label == "id":
         data.require_ids(task)
+        if data.n_ids < 2:
+            raise PpganError(f"{data.path}: key 'id': {task} needs at least 2 identities")
         return "id", data.n_ids
     return "dis", data.n_classes
 

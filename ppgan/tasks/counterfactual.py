@@ -26,6 +26,7 @@ from ppgan.engine import (
     load_frozen_parts,
     rebuild,
 )
+from ppgan.engine.checkpoint import network_from
 from ppgan.engine.images import rows_grid
 from ppgan.engine.judges import load_judges
 from ppgan.errors import PpganError
@@ -104,11 +105,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     judges = load_judges(task, data, ctx.device, REQUIRED_JUDGES[variant])
     # Same architecture as the factual decoder; warm-started from it (a deviation: the original
     # starts from scratch) so training begins at the factual image and only learns the change.
-    cf_dec, cf_spec = rebuild(gan["decoder_spec"]).to(ctx.device), gan["decoder_spec"]
-    critic, critic_spec = rebuild(gan["critic_spec"]).to(ctx.device), gan["critic_spec"]
-    if task.init_from_factual:
-        cf_dec.load_state_dict(gan["decoder"])
-        critic.load_state_dict(gan["critic"])
+    where, expect = f"task.checkpoint: {task.checkpoint}", {"in_shape": list(data.shape)}
+    cf_dec, cf_spec = network_from(gan, "decoder", where, expect), gan["decoder_spec"]
+    critic, critic_spec = network_from(gan, "critic", where, expect), gan["critic_spec"]
+    if not task.init_from_factual:  # same architectures, trained from scratch
+        cf_dec, critic = rebuild(cf_spec, where), rebuild(critic_spec, where)
+    cf_dec, critic = cf_dec.to(ctx.device), critic.to(ctx.device)
     opt_g = build(cfg.optimizer, params=cf_dec.parameters())
     opt_c = build(cfg.critic_optimizer, params=critic.parameters())
     nets = {"cf_decoder": (cf_dec, cf_spec), "critic": (critic, critic_spec)}

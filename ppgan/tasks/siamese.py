@@ -23,6 +23,7 @@ from ppgan.engine import (
 )
 from ppgan.engine.context import require_finite
 from ppgan.engine.inference import collect
+from ppgan.errors import PpganError
 from ppgan.losses.contrastive import contrastive
 from ppgan.metrics.verification import (
     balanced_accuracy_at,
@@ -110,6 +111,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
 
     train_idx = data.indices("train")
     train_ids = data.ids[train_idx]
+    # Pairs need two people, and someone with two training images; without them the pair
+    # sampler has nothing to draw (it would loop forever or yield no positive pair).
+    counts = torch.bincount(train_ids)
+    if int((counts > 0).sum()) < 2 or int(counts.max()) < 2:
+        raise PpganError(
+            f"{data.path}: key 'id': task=siamese needs at least 2 identities in the training "
+            "split and one of them with 2 images"
+        )
     noise_std = math.sqrt(task.pairs.noise_var)
     bar = ctx.progress(range(start, task.epochs), desc="siamese", initial=start, total=task.epochs)
     for epoch in bar:
