@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from ppgan.config import compose_config
-from ppgan.engine import RunContext
+from ppgan.engine import RunContext, load_checkpoint
 from ppgan.engine.context import training_config
 from ppgan.errors import PpganError
 from ppgan.tasks import run_task
@@ -72,10 +72,11 @@ def stage_config(cfg: DictConfig, name: str, overrides: list[str], user: list[st
     return compose_config([*overrides, *applied, *extra])
 
 
-def same_stage_config(name: str, saved: DictConfig, now: DictConfig) -> None:
-    """A finished stage is reused only if it was trained with the config asked for now."""
-    before, after = training_config(saved), training_config(now)
-    if differ := sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k)):
+def same_stage_config(name: str, trained: dict, now: DictConfig) -> None:
+    """A finished training stage is reused only if it was trained with the config asked for now
+    (`trained`: the config its checkpoint records)."""
+    after = training_config(now)
+    if differ := sorted(k for k in trained.keys() | after.keys() if trained.get(k) != after.get(k)):
         raise PpganError(
             f"hydra.run.dir: stage '{name}' finished with another config ({', '.join(differ[:4])}"
             f"{'...' if len(differ) > 4 else ''}); re-run with the original overrides or use a "
@@ -113,8 +114,9 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, user: list[str]) -> dict[str, f
             sub.dataset.path = str(dirs["synthesize"] / "synthetic_iris.h5")
         saved = stage_dir / ".hydra" / "config.yaml"
         if (stage_dir / "metrics.json").exists():
-            if stage_dir.is_relative_to(out_dir) and saved.exists():
-                same_stage_config(name, OmegaConf.load(saved), sub)
+            last = stage_dir / "checkpoints" / "last.pt"
+            if stage_dir.is_relative_to(out_dir) and last.exists():  # a training stage of ours
+                same_stage_config(name, load_checkpoint(last).get("train_config") or {}, sub)
             log.info("stage %s: done, skipped (%s)", name, stage_dir)
             continue
         log.info("stage %s: task=%s -> %s", name, sub.task.name, stage_dir)
