@@ -12,7 +12,7 @@ from ppgan.baselines import Original, Prototype
 from ppgan.data import load_dataset
 from ppgan.data.hdf5 import atomic_h5, load_images
 from ppgan.metrics import release as side
-from ppgan.metrics.bootstrap import mean_ci, stat_ci
+from ppgan.metrics.bootstrap import auc_counts, clustered_auc_ci, mean_ci
 from ppgan.metrics.diversity import diversity_ratio, near_duplicate_fraction
 from ppgan.tasks.anonymize import export_release, to_source_format
 from tests.conftest import make_cfg
@@ -145,9 +145,16 @@ def test_bootstrap_intervals_known_answers():
     assert mean_ci(np.r_[np.ones(5), np.zeros(5)], seed=3) == mean_ci(
         np.r_[np.ones(5), np.zeros(5)], seed=3
     )
-    x = np.arange(20.0)
-    lo, hi = stat_ci(lambda idx: float(x[idx].max()), 20, 100, seed=0)
-    assert lo <= hi == 19.0
+    # The weighted (Mann-Whitney) AUC equals scikit-learn's with unit weights, ties included.
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    score = rng.integers(0, 5, 200).astype(float)
+    positive = rng.random(200) < score / 8
+    m, n_pos, n_neg = auc_counts(score, positive, np.arange(200) // 10, 20)
+    assert m.sum() / (n_pos.sum() * n_neg.sum()) == pytest.approx(roc_auc_score(positive, score))
+    lo, hi = clustered_auc_ci(score, positive, np.arange(200) // 10, 20, 500, seed=0)
+    assert lo < roc_auc_score(positive, score) < hi
 
 
 def test_aggregate_seeds_script(tmp_path):

@@ -42,7 +42,7 @@ from ppgan.engine.judges import Judges, load_judges
 from ppgan.errors import PpganError
 from ppgan.losses.counterfactual import target_classes
 from ppgan.metrics import release as side
-from ppgan.metrics.bootstrap import CI_HI, CI_LO, mean_ci, stat_ci
+from ppgan.metrics.bootstrap import CI_HI, CI_LO, clustered_auc_ci, mean_ci
 from ppgan.metrics.classification import classification_metrics, topk_accuracy
 from ppgan.metrics.diversity import diversity_ratio
 from ppgan.metrics.realism import fid_kid, region_psnr, region_ssim
@@ -148,9 +148,19 @@ class Scores(dict):
         self[key] = float(values.mean()) if len(values) else float("nan")
         self[key + CI_LO], self[key + CI_HI] = mean_ci(values, self.boot.n, self.boot.seed)
 
-    def stat(self, key: str, value: float, stat, n: int) -> None:
-        self[key] = value
-        self[key + CI_LO], self[key + CI_HI] = stat_ci(stat, n, self.boot.n_auc, self.boot.seed)
+    def auc(self, key: str, d: Tensor, same: Tensor) -> None:
+        """Verification AUC of query-gallery distances `d` [Q, G] (`same`: same identity),
+        its interval resampling queries (a query's pairs are not independent)."""
+        self[key] = verification_metrics(d[same], d[~same])["auc"]
+        q, g = d.shape
+        self[key + CI_LO], self[key + CI_HI] = clustered_auc_ci(
+            -d.double().cpu().numpy().ravel(),
+            same.cpu().numpy().ravel(),
+            np.repeat(np.arange(q), g),
+            q,
+            self.boot.n,
+            self.boot.seed,
+        )
 
 
 def linkage_spaces(judges: Judges, unseen: nn.Module, bs: int) -> dict:
@@ -252,11 +262,7 @@ def identity_attacks(
         d = torch.cdist(embed(anon), gallery[space])  # [Q, G]
         for k in (1, 5):
             m.rate(f"privacy/link_{space}_rank{k}", rank_k_hits(d, ids, train_ids, k).cpu())
-
-        def auc(rows, d=d):  # verification AUC over the pairs of resampled queries
-            return verification_metrics(d[rows][same[rows]], d[rows][~same[rows]])["auc"]
-
-        m.stat(f"privacy/link_{space}_auc", auc(np.arange(len(d))), auc, len(d))
+        m.auc(f"privacy/link_{space}_auc", d, same)
 
 
 def privacy_ratios(row: dict, chance_disease: float) -> dict[str, float]:
