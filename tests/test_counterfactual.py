@@ -95,6 +95,7 @@ def test_explain_panels_show_only_anonymized_cases(run, judges, gan_and_cf, data
         assert (out / "panels" / f"{name}.png").stat().st_size > 5000
         shown = [c["case_id"] for c in panel["cases"]] + [panel["other_class_case"]["case_id"]]
         assert 0 <= panel["near_duplicate_fraction"] <= 1
+        assert "index" not in (out / "panels" / f"{name}.json").read_text()  # no row numbers
         assert len(panel["cases"]) == 3 and panel["counterfactual"] is not None
         assert panel["other_class_case"]["label"] != panel["prediction"]
         for case_id in shown:  # named by the release's opaque id, not by a row number

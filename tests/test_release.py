@@ -180,15 +180,13 @@ def test_aggregate_seeds_script(tmp_path):
 
 
 def test_truth_of_a_collapsed_release_is_shared_among_equal_outputs():
-    from ppgan.tasks.evaluate import match_truth
-
     outputs = torch.zeros(4, 1, 4, 4)
     outputs[3] = 1.0  # rows 0-2 (identities 0, 0, 1) collapse to one image, row 3 (id 2) differs
-    truth = match_truth(outputs[[3, 0]], outputs, np.array([0, 0, 1, 2]), n_ids=3)
+    truth = side.match_truth(outputs[[3, 0]], outputs, np.array([0, 0, 1, 2]), n_ids=3)
     assert truth[0].tolist() == [0, 0, 1] and truth[1] == pytest.approx([2 / 3, 1 / 3, 0])
     # A guess of original row 2 (identity 1) is right with probability 1/3 for the second row.
     assert side.identity_hits(np.array([3, 2]), truth, np.array([0, 0, 1, 2])).tolist() == [
         1.0,
         pytest.approx(1 / 3),
     ]
-    assert match_truth(outputs[:1] + 0.5, outputs, np.array([0, 0, 1, 2]), n_ids=3) is None
+    assert side.match_truth(outputs[:1] + 0.5, outputs, np.array([0, 0, 1, 2]), n_ids=3) is None

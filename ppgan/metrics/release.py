@@ -136,3 +136,28 @@ def chance_rate(
         share = np.bincount(pool, minlength=n_ids) / max(len(pool), 1)
         rates.append(float(p[r] @ share))
     return float(np.mean(rates)) if rates else float("nan")
+
+
+def match_truth(
+    release: torch.Tensor,
+    outputs: torch.Tensor,
+    output_ids: np.ndarray,
+    n_ids: int,
+    tol: float = 0.05,
+) -> np.ndarray | None:
+    """Which identity each released image came from, known to the evaluation only: the original
+    rows whose method output equals the released image (RMS difference within one grey level,
+    2/255 on the [-1, 1] scale, of the best match). Several equal outputs (a collapsed method)
+    make the truth a uniform distribution over their identities [R, n_ids]; None when some image
+    matches no output within `tol` (RMS)."""
+    truth = np.zeros((len(release), n_ids))
+    scale = release[0].numel() ** 0.5
+    for start in range(0, len(release), 256):
+        rms = torch.cdist(release[start : start + 256].flatten(1), outputs.flatten(1)) / scale
+        best = rms.min(1, keepdim=True).values
+        if float(best.max()) > tol:
+            return None
+        tied = (rms <= best + 2 / 255).numpy()  # [B, O]: equally good matches
+        for i, row in enumerate(tied):
+            truth[start + i] = np.bincount(output_ids[row], minlength=n_ids) / row.sum()
+    return truth

@@ -333,7 +333,7 @@ def release_side_channels(
         true_ids = rel.ids[r_idx].numpy()
     else:
         outputs = quantize(anon[split]).cpu()
-        true_ids = match_truth(rel_images, outputs, orig_ids[o_idx.numpy()], data.n_ids)
+        true_ids = side.match_truth(rel_images, outputs, orig_ids[o_idx.numpy()], data.n_ids)
         if true_ids is None:
             log.warning(
                 "%s: released images match no output of this method closely: the side-channel "
@@ -368,26 +368,6 @@ def release_side_channels(
     score("pixel_join", side.pixel_join(rel_images, data.images.cpu(), bs))
     m["release/join_chance"] = side.chance_rate(true_ids, rel_dis, orig_ids, orig_dis)
     return m
-
-
-def match_truth(
-    release: Tensor, outputs: Tensor, output_ids: np.ndarray, n_ids: int, tol: float = 0.05
-) -> np.ndarray | None:
-    """Which identity each released image came from, known to the evaluation only: the original
-    rows whose method output equals the released image (RMS difference within 1/255 of the best
-    match). Several equal outputs (a collapsed method) make the truth a uniform distribution over
-    their identities [R, n_ids]; None when some image matches no output within `tol`."""
-    truth = np.zeros((len(release), n_ids))
-    scale = release[0].numel() ** 0.5
-    for start in range(0, len(release), 256):
-        rms = torch.cdist(release[start : start + 256].flatten(1), outputs.flatten(1)) / scale
-        best = rms.min(1, keepdim=True).values
-        if float(best.max()) > tol:
-            return None
-        tied = (rms <= best + 2 / 255).numpy()  # [B, O]: equally good matches
-        for i, row in enumerate(tied):
-            truth[start + i] = np.bincount(output_ids[row], minlength=n_ids) / row.sum()
-    return truth
 
 
 def chance_levels(data: ImageData, split: str) -> dict[str, float]:
