@@ -1,5 +1,6 @@
 """Anonymizers the evaluation compares (each selectable by config): the identity "anonymizer",
-pure noise, Gaussian blur, pixelation, k-Same-Pixel, and a trained ppgan generator."""
+pure noise, Gaussian blur, pixelation, k-Same-Pixel, the class prototype, and a trained ppgan
+generator."""
 
 from __future__ import annotations
 
@@ -85,6 +86,26 @@ class KSamePixel(Anonymizer):
         return self.pool[nearest].mean(1)
 
 
+class Prototype(Anonymizer):
+    """The mean training image of the case's disease class: a fully collapsed "anonymizer".
+    It keeps the disease and no person, so it saturates identity and disease metrics; the
+    evaluation must still make it look bad (within-class diversity, realism)."""
+
+    def fit(self, data: ImageData) -> Prototype:
+        idx = data.indices("train")
+        images, dis = data.batch(idx)["images"], data.dis[idx]
+        self.means = torch.stack(
+            [
+                images[dis == c].mean(0) if bool((dis == c).any()) else images.mean(0)
+                for c in range(data.n_classes)
+            ]
+        )
+        return self
+
+    def __call__(self, batch):
+        return self.means[batch["dis"]]
+
+
 class Generator(Anonymizer):
     """A trained ppgan generator (checkpoint of task=anonymizer), z = mu."""
 
@@ -92,13 +113,14 @@ class Generator(Anonymizer):
         self.checkpoint, self.quantize = checkpoint, quantize
 
     def fit(self, data: ImageData) -> Generator:
-        (self.enc, self.dec), _ = load_frozen_parts(
+        (self.enc, self.dec), ckpt = load_frozen_parts(
             self.checkpoint,
             ("encoder", "decoder"),
             data.shape,
             data.device,
             "task.methods.*.checkpoint",
         )
+        self.variant = ckpt.get("variant")  # what it was trained against: mir / sir
         return self
 
     @torch.no_grad()

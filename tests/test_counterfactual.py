@@ -11,6 +11,7 @@ import torch
 
 from ppgan.data import dataset_path
 from ppgan.data.hdf5 import load_images
+from ppgan.errors import PpganError
 from ppgan.losses.counterfactual import target_classes
 from tests.conftest import judge_overrides, make_cfg
 
@@ -84,21 +85,23 @@ def test_explain_panels_show_only_anonymized_cases(run, judges, gan_and_cf, data
     )
     base = torch.load(out / "case_base.pt", weights_only=True)
     with h5py.File(anon_file) as f:
-        anon_train = f["images"][()][f["set"][()] == 0]
+        train = f["set"][()] == 0
+        anon_train = f["images"][()][train]
+        release_ids = [bytes(v).decode() for v in f["case_id"][()][train]]
     original = load_images(dataset_path(make_cfg(f"paths.data_dir={data_dir}").dataset))
     orig_train = original.images[original.indices("train")]
     for name in ("test_0000", "test_0002"):
         panel = json.loads((out / "panels" / f"{name}.json").read_text())
         assert (out / "panels" / f"{name}.png").stat().st_size > 5000
-        shown = [c["case_index"] for c in panel["cases"]] + [
-            panel["other_class_case"]["case_index"]
-        ]
+        shown = [c["case_id"] for c in panel["cases"]] + [panel["other_class_case"]["case_id"]]
+        assert 0 <= panel["near_duplicate_fraction"] <= 1
+        assert "index" not in (out / "panels" / f"{name}.json").read_text()  # no row numbers
         assert len(panel["cases"]) == 3 and panel["counterfactual"] is not None
         assert panel["other_class_case"]["label"] != panel["prediction"]
-        for i in shown:
-            img = base["images"][i]
+        for case_id in shown:  # named by the release's opaque id, not by a row number
+            img = base["images"][base["case_id"].index(case_id)]
             as_uint8 = ((img.permute(1, 2, 0) + 1) * 127.5).round().numpy().astype(np.uint8)
-            assert (as_uint8 == anon_train[i]).all()  # it is case i of the anonymized file
+            assert (as_uint8 == anon_train[release_ids.index(case_id)]).all()
             assert not (orig_train - img).abs().flatten(1).amax(1).lt(1e-6).any()  # not original
     # A second explanation in the same run dir reuses the saved case base.
     mtime = (out / "case_base.pt").stat().st_mtime
@@ -106,6 +109,14 @@ def test_explain_panels_show_only_anonymized_cases(run, judges, gan_and_cf, data
         "task=explain", f"task.disease_ckpt={judges['disease']}", "task.indices=[1]", name="explain"
     )
     assert (out / "case_base.pt").stat().st_mtime == mtime
+    # A changed source file makes the saved case base stale: it is rebuilt, not reused.
+    changed = root / "changed.h5"
+    changed.write_bytes(anon_file.read_bytes())
+    explain = ["task=explain", f"task.disease_ckpt={judges['disease']}", "task.indices=[1]"]
+    run(*explain, f"task.anonymized_file={changed}", name="explain")
+    assert torch.load(out / "case_base.pt", weights_only=True)["source"]["path"] == str(changed)
+    with pytest.raises(PpganError, match="task.case_base: .* was built from"):
+        run(*explain, f"task.anonymized_file={anon_file}", f"task.case_base={out / 'case_base.pt'}")
 
 
 def test_explain_an_image_file_and_reject_a_wrong_size(run, judges, gan_and_cf, tmp_path):

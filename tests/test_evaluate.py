@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ppgan.baselines import GaussianBlur, KSamePixel, Pixelate
+from ppgan.data import load_dataset
 from ppgan.data.hdf5 import ImageData
 from ppgan.metrics.realism import region_psnr, region_ssim
 from ppgan.metrics.retrieval import precision_at_k
@@ -18,24 +19,27 @@ ATTACK = ["task.attack.epochs=15", "task.attack.batch_size=16", "task.n_samples=
 
 @pytest.fixture(scope="module")
 def leak_vs_noise(tmp_path_factory, judges, data_dir):
-    """Evaluate the identity 'anonymizer' (output = input) and pure noise."""
+    """Evaluate the identity 'anonymizer' (output = input), pure noise and the class prototype;
+    the identity anonymizer's release is attacked as a file, exported the old, leaky way."""
     from ppgan.tasks import run_task
     from tests.conftest import make_cfg
+    from tests.test_release import leaky_export
 
     out = tmp_path_factory.mktemp("eval")
+    args = [f"paths.data_dir={data_dir}", "task=evaluate", *judge_overrides(judges), *ATTACK]
+    data = load_dataset(make_cfg(*args).dataset, require_splits=())
+    leaky_export(out / "leaky.h5", data, with_ids=False)  # truth: matched by pixels
     cfg = make_cfg(
-        f"paths.data_dir={data_dir}",
-        "task=evaluate",
-        *judge_overrides(judges),
-        *ATTACK,
+        *args,
         "~task.methods.blur",
         "~task.methods.pixelate",
         "~task.methods.ksame",
         "~task.methods.pp_mir",
         "~task.methods.pp_sir",
         "+task.methods.noise={_target_: ppgan.baselines.Noise}",
+        f"+task.release_files.original={out / 'leaky.h5'}",
     )
-    return run_task(cfg, out), out
+    return run_task(cfg, out / "test"), out / "test"
 
 
 def test_attacks_report_leakage_on_originals(leak_vs_noise):
@@ -79,7 +83,64 @@ def test_report_and_artefacts(leak_vs_noise):
     assert {"unseen_identity.pt", "independent_disease.pt"} <= {
         p.name for p in (out / "attackers").iterdir()
     }
-    assert m["original/privacy_score"] == 1 - m["original/privacy/unseen_acc"]
+    worst = max(
+        m[f"original/privacy/{k}"]
+        for k in ("unseen_acc", "adaptive_acc", "link_siamese_rank1", "link_unseen_rank1")
+    )
+    assert m["original/privacy/worst_ratio"] == pytest.approx(worst / m["chance/identity_disease"])
+    assert m["original/privacy_score"] == pytest.approx(
+        min(1, 1 / m["original/privacy/worst_ratio"])
+    )
+    # Intervals, the chance | disease row and the side-channel section are in the report.
+    assert "| *chance ∣ disease* |" in text and "| prototype |" in text
+    for key in ("original/privacy/unseen_acc", "noise/utility/disease_acc"):
+        assert m[f"{key}_ci_lo"] <= m[key] <= m[f"{key}_ci_hi"]
+    assert m["noise/utility/disease_acc_ci_lo"] < m["noise/utility/disease_acc_ci_hi"]
+    assert m["chance/identity"] < m["chance/identity_disease"] <= 1
+    assert "## The release as shipped" in text
+
+
+def test_collapse_is_visible(leak_vs_noise):
+    m, _ = leak_vs_noise
+    assert m["original/realism/diversity"] == pytest.approx(1.0)
+    assert m["prototype/realism/diversity"] < 0.05
+    assert m["prototype/realism/fid_disease"] > m["original/realism/fid_disease"] + 1e-3
+
+
+def test_leaky_release_is_caught_by_side_channels(leak_vs_noise):
+    m, _ = leak_vs_noise
+    assert m["original/release/position_join"] == 1.0
+    assert m["original/release/mask_join"] >= 0.9
+    assert m["original/release/pixel_join"] == 1.0
+    assert m["original/release/position_chance"] < 0.5
+    assert m["original/release/metadata_join"] < 0.9  # dis + set carry no identity by themselves
+
+
+def test_same_seed_same_metrics_and_val_split(leak_vs_noise, judges, data_dir, tmp_path):
+    """Re-running reuses the cached attackers (same key) and gives the same numbers; the val
+    split is evaluated on its own images."""
+    import shutil
+
+    from ppgan.tasks import run_task
+    from tests.conftest import make_cfg
+
+    m, out = leak_vs_noise
+    args = [f"paths.data_dir={data_dir}", "task=evaluate", *judge_overrides(judges), *ATTACK]
+    keep = [
+        "~task.methods." + k for k in ("blur", "pixelate", "ksame", "pp_mir", "pp_sir", "prototype")
+    ]
+    shutil.copytree(out / "attackers", tmp_path / "again" / "attackers")
+    again = run_task(
+        make_cfg(*args, *keep, f"+task.release_files.original={out.parent / 'leaky.h5'}"),
+        tmp_path / "again",
+    )
+    for k, v in again.items():
+        assert v == pytest.approx(m[k], nan_ok=True), k
+    shutil.copytree(out / "attackers", tmp_path / "val" / "attackers")
+    val = run_task(make_cfg(*args, *keep, "task.split=val"), tmp_path / "val")
+    assert "**val split.**" in (tmp_path / "val" / "report.md").read_text()
+    assert val["original/realism/fid"] == pytest.approx(0.0, abs=1e-3)
+    assert val["chance/disease"] != m["chance/disease"] or val != m
 
 
 def _batch(n=6, size=32):

@@ -92,6 +92,7 @@ def test_optuna_privacy_utility_sweep(tmp_path, data_dir):
     for job in jobs:
         m = json.loads((job / "metrics.json").read_text())
         assert 0 <= m["pp_mir/privacy_score"] <= 1 and 0 <= m["pp_mir/utility_score"] <= 1
+        assert "**val split.**" in (job / "evaluate" / "report.md").read_text()
     assert (sweep / "optimization_results.yaml").exists()
     out = subprocess.run(
         [sys.executable, "experiments/pareto.py", str(sweep)],
@@ -102,3 +103,18 @@ def test_optuna_privacy_utility_sweep(tmp_path, data_dir):
     )
     assert out.returncode == 0, out.stderr
     assert (sweep / "pareto.md").exists() and (sweep / "pareto.png").exists()
+
+
+def test_sweep_objectives_come_from_the_validation_split():
+    """The privacy-utility sweep tunes on val; the pipeline's own final table is on test."""
+    from ppgan.pipeline import PLACEHOLDER, stage_config
+    from tests.conftest import make_cfg
+
+    def evaluate_stage(cfg):
+        overrides = [PLACEHOLDER.sub(r"/runs/\1", o) for o in cfg.task.stages.evaluate]
+        return stage_config(cfg, "evaluate", overrides, ["debug=tiny"])
+
+    sweep = make_cfg("hparams_search=privacy_utility")
+    assert evaluate_stage(sweep).task.split == "val"
+    assert evaluate_stage(make_cfg("task=pipeline")).task.split == "test"
+    assert sweep.optimized_metric == ["pp_mir/privacy_score", "pp_mir/utility_score"]

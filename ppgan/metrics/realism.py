@@ -34,23 +34,31 @@ def region_ssim(a: Tensor, b: Tensor, region: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def fid_kid(real: Tensor, fake: Tensor, extractor: nn.Module, batch_size: int = 256):
+def fid_kid(
+    real: Tensor, fake: Tensor, extractor: nn.Module, batch_size: int = 256, seed: int = 0
+) -> tuple[float, float, float]:
     """Fréchet distance and KID (mean, std) of two image sets in `extractor`'s feature space.
 
-    `extractor` maps [N, C, H, W] in [-1, 1] to [N, D] and has `num_features`. KID uses subsets of
-    min(50, N) images, so it stays meaningful on small test splits where FID is biased upward.
+    `extractor` maps [N, C, H, W] in [-1, 1] to [N, D] and has `num_features`. With a custom
+    feature module torchmetrics (1.3-1.9, pinned in pyproject.toml) hands the images to it as
+    they are; `normalize=False` says so (that flag only rescales [0, 1] floats for its own
+    Inception network). KID uses subsets of min(50, N) images, so it stays meaningful on small
+    test splits where FID is biased upward; its subsets are drawn from torch's global RNG, which
+    is forked and seeded here so the same inputs give the same KID.
     """
     n = min(len(real), len(fake))
-    fid = FrechetInceptionDistance(feature=extractor, normalize=True).to(real.device)
+    fid = FrechetInceptionDistance(feature=extractor, normalize=False).to(real.device)
     with warnings.catch_warnings():  # "saves all features in a buffer": fine at test-split size
         warnings.simplefilter("ignore", UserWarning)
         kid = KernelInceptionDistance(
-            feature=extractor, normalize=True, subset_size=min(50, n), subsets=50
+            feature=extractor, normalize=False, subset_size=min(50, n), subsets=50
         ).to(real.device)
     for metric in (fid, kid):
         for start in range(0, len(real), batch_size):
             metric.update(real[start : start + batch_size], real=True)
         for start in range(0, len(fake), batch_size):
             metric.update(fake[start : start + batch_size], real=False)
-    kid_mean, kid_std = kid.compute()
+    with torch.random.fork_rng(devices=[]):  # KID's randperm runs on the CPU generator
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
     return float(fid.compute()), float(kid_mean), float(kid_std)

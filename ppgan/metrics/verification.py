@@ -45,7 +45,13 @@ def balanced_accuracy_at(d_same: Tensor, d_diff: Tensor, threshold: float) -> fl
 
 
 def rank_k(dist: Tensor, query_ids: Tensor, gallery_ids: Tensor, k: int) -> float:
-    """Closed-set identification: share of queries whose identity is among the k nearest identities.
+    """Closed-set identification: share of queries whose identity is among the k nearest identities
+    (the mean of `rank_k_hits`)."""
+    return float(rank_k_hits(dist, query_ids, gallery_ids, k).float().mean())
+
+
+def rank_k_hits(dist: Tensor, query_ids: Tensor, gallery_ids: Tensor, k: int) -> Tensor:
+    """Per query [Q] bool: is its identity among the k nearest identities?
 
     An identity's distance is that of its nearest gallery image.
 
@@ -58,4 +64,4 @@ def rank_k(dist: Tensor, query_ids: Tensor, gallery_ids: Tensor, k: int) -> floa
     per_id = per_id.scatter_reduce(1, gallery_ids.expand_as(dist), dist, reduce="amin")
     k = min(k, int(torch.unique(gallery_ids).numel()))
     nearest = per_id.topk(k, dim=1, largest=False).indices  # [Q, k] identities
-    return float((nearest == query_ids[:, None]).any(1).float().mean())
+    return (nearest == query_ids[:, None]).any(1)

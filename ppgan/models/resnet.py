@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -48,10 +49,17 @@ class SmallResNet(nn.Module):
 class FeatureExtractor(nn.Module):
     """Wraps a network's `features()` as a module (the form torchmetrics' FID/KID take)."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, in_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.net = net
-        self.num_features = net.num_features
+        num = getattr(net, "num_features", None)
+        if num is None:  # e.g. the paper's classifier: probe the feature width once
+            if in_shape is None:
+                raise ValueError("FeatureExtractor: the network has no num_features; pass in_shape")
+            p = next(net.parameters())
+            with torch.no_grad():
+                num = int(net.features(p.new_zeros(1, *in_shape)).shape[1])
+        self.num_features = num
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         # torchmetrics may toggle modes; the wrapped network must stay in eval (frozen BatchNorm).

@@ -175,7 +175,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         save_cf_samples(ctx, enc, dec, cf_dec, fixed, epoch + 1)
         bar.set_postfix(flip=f"{val['flip_rate']:.2f}")
         improved = select.update((val["score"],), epoch)
-        ctx.end_epoch(epoch, nets | frozen_nets, opts, select, improved, variant=variant)
+        # The target travels with the checkpoint, so every scorer flips toward the same class.
+        ctx.end_epoch(
+            epoch,
+            nets | frozen_nets,
+            opts,
+            select,
+            improved,
+            variant=variant,
+            target_class=task.target_class,
+        )
 
     if not (ctx.ckpt_dir / "best.pt").exists():
         ctx.save("best", load_checkpoint(ctx.ckpt_dir / "last.pt"))

@@ -2,26 +2,35 @@
 
 Privacy is measured by attackers the generator never saw, not only by the frozen networks it was
 trained to fool: an unseen identity classifier of another architecture, an adaptive one trained on
-the anonymized training split, and linkage of anonymized test images to the original training
-images. Each number is reported next to the same attack on the original images and chance.
+the anonymized training split, and linkage of anonymized images to the original training images.
+A shipped release (`task.release_files`) is attacked as a file too: row order, masks, metadata and
+pixels joined to the original file. Every rate comes with a bootstrap 95 % interval and is shown
+next to the same attack on the original images and chance. `task.split` is `test` for the one
+final table and `val` for every choice made from numbers (sweeps, defaults).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
+import h5py
+import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from ppgan.baselines import Anonymizer, quantize
 from ppgan.data import SPLITS, ImageData, load_dataset
+from ppgan.data.hdf5 import load_images
 from ppgan.engine import (
     RunContext,
     build,
     build_model,
-    load_frozen,
+    frozen_from,
+    load_checkpoint,
     load_frozen_parts,
     save_checkpoint,
     snapshot,
@@ -32,15 +41,33 @@ from ppgan.engine.inference import batched, collect
 from ppgan.engine.judges import Judges, load_judges
 from ppgan.errors import PpganError
 from ppgan.losses.counterfactual import target_classes
+from ppgan.metrics import release as side
+from ppgan.metrics.bootstrap import CI_HI, CI_LO, clustered_auc_ci, mean_ci
 from ppgan.metrics.classification import classification_metrics, topk_accuracy
+from ppgan.metrics.diversity import diversity_ratio
 from ppgan.metrics.openset import openset_attacks
 from ppgan.metrics.realism import fid_kid, region_psnr, region_ssim
 from ppgan.metrics.report import write_report
-from ppgan.metrics.retrieval import precision_at_k
-from ppgan.metrics.verification import rank_k, verification_metrics
+from ppgan.metrics.retrieval import precision_per_query
+from ppgan.metrics.verification import rank_k_hits, verification_metrics
 from ppgan.models.resnet import FeatureExtractor
 
 log = logging.getLogger(__name__)
+EVAL_SPLITS = ("val", "test")
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (data sets and checkpoints here are MBs: a fraction of a second)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(**parts) -> str:
+    """A short hash of what an attacker was trained on (configs, data and checkpoint digests)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def train_attacker(
@@ -51,16 +78,22 @@ def train_attacker(
     labels: str,
     n_classes: int,
     seed: int,
+    key: str,
 ) -> nn.Module:
     """Train a network of `task.attacker`'s architecture on `images` with labels `labels`.
 
-    Saved under `<run dir>/attackers/` and loaded from there when the evaluation is re-run
-    (a killed evaluation continues without retraining what it already has).
+    Saved under `<run dir>/attackers/` with `key` (see `cache_key`: the data, the method's
+    checkpoint and the attack config it was trained with) and reused by a re-run only while the
+    key matches: a killed evaluation continues without retraining, a changed generator or data
+    set retrains.
     """
     task = ctx.cfg.task
     path = ctx.out_dir / "attackers" / f"{name}.pt"
     if path.is_file():
-        return load_frozen(path, ctx.device, key=f"attackers/{name}.pt")[0]
+        ckpt = load_checkpoint(path, f"attackers/{name}.pt")
+        if ckpt.get("cache_key") == key:
+            return frozen_from(ckpt, "model", ctx.device, f"attackers/{name}.pt")
+        log.info("attacker %s was trained on other inputs: retraining", name)
     torch.manual_seed(seed)  # its own initialisation: a different seed from the judges
     net, spec = build_model(task.attacker, in_shape=list(data.shape), n_classes=n_classes)
     log.info("training attacker %s (%d classes)", name, n_classes)
@@ -74,7 +107,7 @@ def train_attacker(
         seed,
         ctx.progress,
     )
-    save_checkpoint(path, snapshot(task.attack.epochs, {"model": (net, spec)}, {}))
+    save_checkpoint(path, snapshot(task.attack.epochs, {"model": (net, spec)}, {}, cache_key=key))
     return net.requires_grad_(False)
 
 
@@ -100,6 +133,37 @@ def _features(net: nn.Module, x: Tensor, bs: int) -> Tensor:
     return collect(net, batched(x, bs), lambda n, b: n.features(b["images"]))
 
 
+def _hits(logits: Tensor, labels: Tensor) -> np.ndarray:
+    return (logits.argmax(1) == labels).cpu().numpy()
+
+
+class Scores(dict):
+    """A method's metrics; rates get their bootstrap interval as `<key>_ci_lo/_ci_hi`."""
+
+    def __init__(self, boot: DictConfig):
+        super().__init__()
+        self.boot = boot
+
+    def rate(self, key: str, per_item) -> None:
+        values = np.asarray(per_item, dtype=np.float64)
+        self[key] = float(values.mean()) if len(values) else float("nan")
+        self[key + CI_LO], self[key + CI_HI] = mean_ci(values, self.boot.n, self.boot.seed)
+
+    def auc(self, key: str, d: Tensor, same: Tensor) -> None:
+        """Verification AUC of query-gallery distances `d` [Q, G] (`same`: same identity),
+        its interval resampling queries (a query's pairs are not independent)."""
+        self[key] = verification_metrics(d[same], d[~same])["auc"]
+        q, g = d.shape
+        self[key + CI_LO], self[key + CI_HI] = clustered_auc_ci(
+            -d.double().cpu().numpy().ravel(),
+            same.cpu().numpy().ravel(),
+            np.repeat(np.arange(q), g),
+            q,
+            self.boot.n,
+            self.boot.seed,
+        )
+
+
 def linkage_spaces(judges: Judges, unseen: nn.Module, bs: int) -> dict:
     """The embeddings linkage ranks by: siamese embedding and unseen-network features."""
     return {
@@ -108,168 +172,282 @@ def linkage_spaces(judges: Judges, unseen: nn.Module, bs: int) -> dict:
     }
 
 
-def original_references(orig: dict, judges: Judges, unseen: nn.Module, bs: int) -> dict:
+def original_references(
+    orig: dict, judges: Judges, unseen: nn.Module, indep: nn.Module, split: str, bs: int
+) -> dict:
     """What every method is compared against, computed once: the original training images in
-    each linkage space, and the disease network's logits and features on the original test set."""
+    each linkage space, and the disease networks' logits and features on the evaluated split."""
     spaces = linkage_spaces(judges, unseen, bs)
     return {
         "gallery": {space: embed(orig["train"]) for space, embed in spaces.items()},
-        "disease_logits": _outputs(judges.disease, orig["test"], bs),
-        "disease_features": _features(judges.disease, orig["test"], bs),
+        "disease_logits": _outputs(judges.disease, orig[split], bs),
+        "disease_features": _features(judges.disease, orig[split], bs),
+        "indep_features": _features(indep, orig[split], bs),
     }
 
 
 def evaluate_method(
-    ctx,
-    data: ImageData,
-    orig: dict,
-    anon: dict,
-    judges: Judges,
-    unseen,
-    indep,
-    name: str,
-    ref: dict,
-) -> dict[str, float]:
-    """Every metric of one anonymizer, as a flat dict (`ref`: see `original_references`)."""
+    ctx, data, orig, anon, judges, unseen, indep, name: str, ref: dict, keys: dict
+) -> Scores:
+    """Every metric of one anonymizer on `task.split` (`ref`: see `original_references`)."""
     task, bs, seed = ctx.cfg.task, ctx.cfg.trainer.eval_batch_size, ctx.seed
-    test_ids, train_ids = labels_of(data, "test", "id"), labels_of(data, "train", "id")
-    test_dis, train_dis = labels_of(data, "test", "dis"), labels_of(data, "train", "dis")
-    masks = data.split_tensors("test")["masks"]
-    m: dict[str, float] = {}
+    split = task.split
+    ids, train_ids = labels_of(data, split, "id"), labels_of(data, "train", "id")
+    dis, train_dis = labels_of(data, split, "dis"), labels_of(data, "train", "dis")
+    masks = data.split_tensors(split)["masks"]
+    m = Scores(task.bootstrap)
 
     # Privacy: seen, unseen and adaptive identity classifiers; linkage to the originals.
-    m.update(
-        identity_attacks(anon["test"], ref["gallery"], test_ids, train_ids, judges, unseen, bs)
+    identity_attacks(m, anon[split], ref["gallery"], ids, train_ids, judges, unseen, bs)
+    adaptive = train_attacker(
+        ctx, f"adaptive_{name}", data, anon, "id", data.n_ids, seed + 3, keys["adaptive"]
     )
     spaces = linkage_spaces(judges, unseen, bs)
-    m.update(openset_attacks(spaces, anon["test"], orig["test"], test_ids, train_ids))
-    adaptive = train_attacker(ctx, f"adaptive_{name}", data, anon, "id", data.n_ids, seed + 3)
-    m["privacy/adaptive_acc"] = _acc(_outputs(adaptive, anon["test"], bs), test_ids)
+    m.update(openset_attacks(spaces, anon[split], orig[split], ids, train_ids))
+    m.rate("privacy/adaptive_acc", _hits(_outputs(adaptive, anon[split], bs), ids))
 
-    # Utility: disease recognition on anonymized test images.
-    logits = _outputs(judges.disease, anon["test"], bs)
-    for k, v in classification_metrics(logits, test_dis, data.n_classes).items():
+    # Utility: disease recognition on anonymized images.
+    logits = _outputs(judges.disease, anon[split], bs)
+    for k, v in classification_metrics(logits, dis, data.n_classes).items():
         m[f"utility/disease_{k}"] = v
-    m["utility/agreement"] = _acc(logits, ref["disease_logits"].argmax(1))
-    for k, v in classification_metrics(
-        _outputs(indep, anon["test"], bs), test_dis, data.n_classes
-    ).items():
+    m.rate("utility/disease_acc", _hits(logits, dis))
+    m.rate("utility/agreement", _hits(logits, ref["disease_logits"].argmax(1)))
+    indep_logits = _outputs(indep, anon[split], bs)
+    for k, v in classification_metrics(indep_logits, dis, data.n_classes).items():
         m[f"utility/indep_{k}"] = v
+    m.rate("utility/indep_acc", _hits(indep_logits, dis))
 
-    # Realism in the unseen identity network's feature space (in-domain, never seen by the GAN).
-    fid, kid, _ = fid_kid(orig["test"], anon["test"], FeatureExtractor(unseen), bs)
-    m["realism/fid"], m["realism/kid"] = fid, kid
-    for region, mask in (("roi", masks), ("outside", 1 - masks)):
-        if float(mask.sum()) > 0:
-            m[f"realism/ssim_{region}"] = float(
-                region_ssim(orig["test"], anon["test"], mask).nanmean()
-            )
-            m[f"realism/psnr_{region}"] = float(
-                region_psnr(orig["test"], anon["test"], mask).nanmean()
-            )
+    # Collapse: within-class spread in the independent disease network's feature space, as a
+    # ratio to the originals' (a class prototype scores 0, the originals 1).
+    anon_indep = _features(indep, anon[split], bs)
+    m["realism/diversity"] = diversity_ratio(anon_indep, ref["indep_features"], dis)
 
-    # Retrieval: nearest anonymized training cases of each (original) test query, disease features.
+    # Realism: in the unseen identity network's feature space (in-domain, never seen by the GAN)
+    # and in the disease network's, where a changed identity does not count as unrealistic.
+    m["realism/fid"], m["realism/kid"], _ = fid_kid(
+        orig[split], anon[split], FeatureExtractor(unseen), bs, seed
+    )
+    m["realism/fid_disease"], m["realism/kid_disease"], _ = fid_kid(
+        orig[split], anon[split], FeatureExtractor(judges.disease, data.shape), bs, seed
+    )
+    regions = [("roi", masks)] + ([("outside", 1 - masks)] if data.has_masks else [])
+    for region, mask in regions:
+        m[f"realism/ssim_{region}"] = float(region_ssim(orig[split], anon[split], mask).nanmean())
+        m[f"realism/psnr_{region}"] = float(region_psnr(orig[split], anon[split], mask).nanmean())
+
+    # Retrieval: nearest anonymized training cases of each (original) query, disease features.
     base = _features(judges.disease, anon["train"], bs)
-    m[f"retrieval/precision_at_{task.k}"] = precision_at_k(
-        ref["disease_features"], test_dis, base, train_dis, task.k
+    m.rate(
+        f"retrieval/precision_at_{task.k}",
+        precision_per_query(ref["disease_features"], dis, base, train_dis, task.k).cpu().numpy(),
     )
     return m
 
 
 def identity_attacks(
-    anon_test: Tensor,
+    m: Scores,
+    anon: Tensor,
     gallery: dict[str, Tensor],
-    test_ids: Tensor,
+    ids: Tensor,
     train_ids: Tensor,
     judges: Judges,
     unseen: nn.Module,
     bs: int,
-) -> dict[str, float]:
-    """Seen and unseen identity classifiers, and linkage of each anonymized test image to the
+) -> None:
+    """Seen and unseen identity classifiers, and linkage of each anonymized image to the
     original training images, whose embeddings in each linkage space are `gallery`."""
-    m = {"privacy/seen_acc": _acc(_outputs(judges.identity, anon_test, bs), test_ids)}
-    logits = _outputs(unseen, anon_test, bs)
-    m["privacy/unseen_acc"] = _acc(logits, test_ids)
-    m["privacy/unseen_top5"] = topk_accuracy(logits, test_ids, 5)
+    m.rate("privacy/seen_acc", _hits(_outputs(judges.identity, anon, bs), ids))
+    logits = _outputs(unseen, anon, bs)
+    m.rate("privacy/unseen_acc", _hits(logits, ids))
+    m["privacy/unseen_top5"] = topk_accuracy(logits, ids, 5)
+    same = ids[:, None] == train_ids[None, :]
     for space, embed in linkage_spaces(judges, unseen, bs).items():
-        d = torch.cdist(embed(anon_test), gallery[space])  # [Q, G]
-        m[f"privacy/link_{space}_rank1"] = rank_k(d, test_ids, train_ids, 1)
-        m[f"privacy/link_{space}_rank5"] = rank_k(d, test_ids, train_ids, 5)
-        same = test_ids[:, None] == train_ids[None, :]
-        m[f"privacy/link_{space}_auc"] = verification_metrics(d[same], d[~same])["auc"]
-    return m
+        d = torch.cdist(embed(anon), gallery[space])  # [Q, G]
+        for k in (1, 5):
+            m.rate(f"privacy/link_{space}_rank{k}", rank_k_hits(d, ids, train_ids, k).cpu())
+        m.auc(f"privacy/link_{space}_auc", d, same)
 
 
-def evaluate_counterfactual(
-    ctx, data: ImageData, ref: dict, judges: Judges, unseen, indep, path: str
-) -> dict[str, float]:
-    """Flip rate (training and independent disease networks), proximity outside the ROI,
-    realism and the identity attacks, for the counterfactuals of the test split."""
-    bs = ctx.cfg.trainer.eval_batch_size
-    (enc, dec, cf_dec), _ = load_frozen_parts(
+def privacy_ratios(row: dict, chance_disease: float) -> dict[str, float]:
+    """Each learned attack relative to `chance | disease`, the floor any disease-keeping output
+    leaves an attacker; the worst of them is the method's privacy (paper: privacy is judged by
+    the strongest attacker, not by the network the generator was trained against)."""
+    keys = [
+        "privacy/unseen_acc",
+        "privacy/adaptive_acc",
+        "privacy/link_siamese_rank1",
+        "privacy/link_unseen_rank1",
+    ]
+    return {k: row[k] / chance_disease for k in keys if k in row}
+
+
+def evaluate_counterfactual(ctx, data, ref, judges, unseen, indep, path: str) -> dict:
+    """Flip rate (training and independent disease networks, toward the same target), proximity
+    outside the ROI, realism and the identity attacks, for the counterfactuals of `task.split`."""
+    task, bs = ctx.cfg.task, ctx.cfg.trainer.eval_batch_size
+    (enc, dec, cf_dec), ckpt = load_frozen_parts(
         path, ("encoder", "decoder", "cf_decoder"), data.shape, ctx.device, "task.counterfactuals"
     )
-    test = data.split_tensors("test")
+    split = task.split
+    images = data.split_tensors(split)
     with torch.no_grad():
-        z = torch.cat([enc(b["images"], b["masks"])[0] for b in data.batches("test", bs)])
+        z = torch.cat([enc(b["images"], b["masks"])[0] for b in data.batches(split, bs)])
         factual = torch.cat([dec(z[i : i + bs]) for i in range(0, len(z), bs)])
         cf = quantize(torch.cat([cf_dec(z[i : i + bs]) for i in range(0, len(z), bs)]))
-    m = {}
+    # The target is the one the counterfactual was trained toward (stored in its checkpoint),
+    # from the training disease network's decision on the original; both networks are scored
+    # against it (with K > 2 the independent network's own "other class" may differ).
+    target_class = ckpt.get("target_class", task.cf_target)
+    target = target_classes(_outputs(judges.disease, images["images"], bs), target_class)
+    m = Scores(task.bootstrap)
     for tag, net in (("", judges.disease), ("indep_", indep)):
-        target = target_classes(collect(net, batched(test["images"], bs)), ctx.cfg.task.cf_target)
-        m[f"cf/{tag}flip_rate"] = _acc(collect(net, batched(cf, bs)), target)
-    outside = 1 - test["masks"]
-    m["cf/ssim_outside"] = float(region_ssim(factual, cf, outside).nanmean())
-    m["cf/psnr_outside"] = float(region_psnr(factual, cf, outside).nanmean())
+        m.rate(f"cf/{tag}flip_rate", _hits(_outputs(net, cf, bs), target))
+    if data.has_masks:  # without masks there is no "outside the ROI" to keep
+        outside = 1 - images["masks"]
+        m["cf/ssim_outside"] = float(region_ssim(factual, cf, outside).nanmean())
+        m["cf/psnr_outside"] = float(region_psnr(factual, cf, outside).nanmean())
     m["realism/fid"], m["realism/kid"], _ = fid_kid(
-        test["images"], cf, FeatureExtractor(unseen), bs
+        images["images"], cf, FeatureExtractor(unseen), bs, ctx.seed
     )
-    m.update(
-        identity_attacks(
-            cf, ref["gallery"], test["id"], labels_of(data, "train", "id"), judges, unseen, bs
-        )
+    identity_attacks(
+        m, cf, ref["gallery"], images["id"], labels_of(data, "train", "id"), judges, unseen, bs
     )
     spaces, train_ids = linkage_spaces(judges, unseen, bs), labels_of(data, "train", "id")
-    m.update(openset_attacks(spaces, cf, test["images"], test["id"], train_ids))
+    m.update(openset_attacks(spaces, cf, images["images"], images["id"], train_ids))
     return m
 
 
-def _acc(logits: Tensor, labels: Tensor) -> float:
-    return float((logits.argmax(1) == labels).float().mean())
+def release_side_channels(
+    path: str, data: ImageData, anon: dict[str, Tensor], split: str, boot: DictConfig, bs: int
+) -> Scores:
+    """Attack an exported release file (`task=anonymize`) with the original file in hand.
+
+    The truth (who each released row shows) is known to the evaluation only: the release's `id`
+    if it was exported with `task.keep_identity=true`, else `match_truth` against the method's
+    outputs (`anon`, the same generator at z = mu). All rates are means over rows, so they do not
+    depend on the release's (random) order.
+    """
+    rel = load_images(path, require_splits=(split,))
+    if rel.shape != data.shape:
+        raise PpganError(f"task.release_files: {path} holds images of shape {rel.shape}")
+    r_idx = rel.indices(split).cpu()
+    o_idx = data.indices(split).cpu()
+    orig_ids = data.ids.cpu().numpy()
+    rel_images = rel.batch(r_idx)["images"].cpu()
+    if rel.ids is not None:
+        true_ids = rel.ids[r_idx].numpy()
+    else:
+        outputs = quantize(anon[split]).cpu()
+        true_ids = side.match_truth(rel_images, outputs, orig_ids[o_idx.numpy()], data.n_ids)
+        if true_ids is None:
+            log.warning(
+                "%s: released images match no output of this method closely: the side-channel "
+                "truth may be wrong (was it exported by another checkpoint?)",
+                path,
+            )
+            true_ids = np.full((len(r_idx), data.n_ids), 1.0 / data.n_ids)
+    rel_split, orig_split = rel.split.cpu().numpy(), data.split.cpu().numpy()
+    rel_dis, orig_dis = rel.dis[r_idx].cpu().numpy(), data.dis.cpu().numpy()
+    m = Scores(boot)
+
+    def score(key: str, guess: np.ndarray) -> None:
+        m.rate(f"release/{key}", side.identity_hits(guess, true_ids, orig_ids))
+
+    score("position_join", side.position_join(rel_split, orig_split)[r_idx.numpy()])
+    m["release/position_chance"] = side.chance_rate(
+        true_ids, rel_split[r_idx.numpy()], orig_ids, orig_split
+    )
+    with h5py.File(path, "r") as f:
+        cols = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset) and k != "images"}
+        m["release/n_attributes"] = float(
+            len(f.attrs) + sum(len(f[k].attrs) for k in f if isinstance(f[k], h5py.Dataset))
+        )
+    with h5py.File(data.path, "r") as f:
+        orig_cols = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset) and k != "images"}
+    if "masks" in cols and data.has_masks:
+        orig_masks = data.masks[:, 0].cpu().numpy()
+        score("mask_join", side.mask_join(cols["masks"][r_idx.numpy()], orig_masks))
+    rel_cols = {k: v[r_idx.numpy()] for k, v in cols.items() if v.shape[:1] == (len(rel),)}
+    candidates, _ = side.metadata_join(rel_cols, orig_cols)
+    m.rate("release/metadata_join", side.candidate_hits(candidates, true_ids, orig_ids))
+    score("pixel_join", side.pixel_join(rel_images, data.images.cpu(), bs))
+    m["release/join_chance"] = side.chance_rate(true_ids, rel_dis, orig_ids, orig_dis)
+    return m
+
+
+def chance_levels(data: ImageData, split: str) -> dict[str, float]:
+    """Chance rates. `identity_disease` (`chance | disease`): an output that keeps the disease
+    lets an attacker guess among the identities with that disease only, so the floor is the mean
+    over evaluated images of 1 / #(training identities with the image's disease)."""
+    ids, dis = labels_of(data, "train", "id"), labels_of(data, "train", "dis")
+    per_class = {int(c): len(torch.unique(ids[dis == c])) for c in torch.unique(dis)}
+    eval_dis = labels_of(data, split, "dis")
+    return {
+        "identity": 1.0 / data.n_ids,
+        "identity_top5": min(1.0, 5.0 / data.n_ids),
+        "identity_disease": float(
+            np.mean([1.0 / max(per_class.get(int(c), data.n_ids), 1) for c in eval_dis.cpu()])
+        ),
+        "disease": float(torch.bincount(eval_dis).max()) / len(eval_dis),
+    }
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     ctx = RunContext(cfg, out_dir)
     task = cfg.task
+    if task.split not in EVAL_SPLITS:
+        raise PpganError(f"task.split={task.split}: choose from {list(EVAL_SPLITS)}")
     data = load_dataset(cfg.dataset, require_splits=SPLITS).to(ctx.device)
     if data.lazy:
         raise PpganError(
             f"{data.path}: task=evaluate holds the splits in memory; raise dataset.in_memory_max_gb"
         )
     data.require_ids("task=evaluate")
+    bs, split = cfg.trainer.eval_batch_size, task.split
     judges = load_judges(task, data, ctx.device, ("disease", "identity", "siamese"))
     orig = {s: data.split_tensors(s)["images"] for s in SPLITS}
-    unseen = train_attacker(ctx, "unseen_identity", data, orig, "id", data.n_ids, ctx.seed + 1)
+    attack_cfg = OmegaConf.to_container(OmegaConf.masked_copy(task, ["attacker", "attack"]))
+    base_key = {"data": file_digest(data.path), "attack": attack_cfg, "seed": ctx.seed}
+    unseen_key, indep_key = (cache_key(**base_key, labels=lab) for lab in ("id", "dis"))
+    unseen = train_attacker(
+        ctx, "unseen_identity", data, orig, "id", data.n_ids, ctx.seed + 1, unseen_key
+    )
     indep = train_attacker(
-        ctx, "independent_disease", data, orig, "dis", data.n_classes, ctx.seed + 2
+        ctx, "independent_disease", data, orig, "dis", data.n_classes, ctx.seed + 2, indep_key
     )
 
-    ref = original_references(orig, judges, unseen, cfg.trainer.eval_batch_size)
+    ref = original_references(orig, judges, unseen, indep, split, bs)
     rows: dict[str, dict[str, float]] = {}
-    grid_rows = [orig["test"][: task.n_samples]]
+    seen: dict[str, str] = {}
+    grid_rows = [orig[split][: task.n_samples]]
+    releases = {k: v for k, v in (task.release_files or {}).items() if v}
     for name, node in task.methods.items():
         if node is None or ("checkpoint" in node and not node.checkpoint):
             log.warning("task.methods.%s: no checkpoint given, skipped", name)
             continue
         method = build(node).fit(data)
         log.info("evaluating %s", name)
-        anon = anonymize_all(method, data, cfg.trainer.eval_batch_size)
-        rows[name] = evaluate_method(ctx, data, orig, anon, judges, unseen, indep, name, ref)
-        grid_rows.append(anon["test"][: task.n_samples])
+        anon = anonymize_all(method, data, bs)
+        node_cfg = OmegaConf.to_container(node, resolve=True)
+        if node_cfg.get("checkpoint"):
+            node_cfg["checkpoint"] = file_digest(node_cfg["checkpoint"])
+        keys = {"adaptive": cache_key(**base_key, labels="id", method=node_cfg)}
+        rows[name] = evaluate_method(ctx, data, orig, anon, judges, unseen, indep, name, ref, keys)
+        # What the method was trained against: PP-MIR the identity classifier, PP-SIR the siamese
+        # network; the baselines nothing. The report marks a "seen" column the method never saw.
+        seen[name] = {"mir": "identity", "sir": "siamese"}.get(getattr(method, "variant", ""), "")
+        if name in releases:
+            log.info("attacking the release of %s: %s", name, releases[name])
+            rows[name] |= release_side_channels(
+                releases[name], data, anon, split, task.bootstrap, bs
+            )
+        grid_rows.append(anon[split][: task.n_samples])
         for k, v in rows[name].items():
             ctx.writer.add_scalar(f"{name}/{k}", v, 0)
     if not rows:
         raise PpganError("task.methods: nothing to evaluate")
+    if unknown := sorted(set(releases) - set(rows)):
+        raise PpganError(f"task.release_files: {unknown} are not evaluated methods")
     for name, path in (task.counterfactuals or {}).items():
         if path:
             log.info("evaluating the counterfactuals of %s", name)
@@ -279,18 +457,26 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     grid = rows_grid(grid_rows, out_dir / "samples" / "methods.png")
     ctx.writer.add_image("samples/original|" + "|".join(rows), grid, 0)
 
-    chance = {
-        "identity": 1.0 / data.n_ids,
-        "identity_top5": min(1.0, 5.0 / data.n_ids),
-        "disease": float(torch.bincount(labels_of(data, "test", "dis")).max())
-        / len(data.indices("test")),
-    }
+    chance = chance_levels(data, split)
+    for row in rows.values():  # scores for sweeps: higher is better for both, in [0, 1]
+        if "utility/indep_acc" in row:
+            ratios = privacy_ratios(row, chance["identity_disease"])
+            row["privacy/worst_ratio"] = max(ratios.values())
+            row["privacy_score"] = min(1.0, 1.0 / max(row["privacy/worst_ratio"], 1e-12))
+            row["utility_score"] = row["utility/indep_acc"]
     metrics = {f"{name}/{k}": v for name, row in rows.items() for k, v in row.items()}
     metrics |= {f"chance/{k}": v for k, v in chance.items()}
-    for name, row in rows.items():  # scores for sweeps: higher is better for both
-        if "utility/indep_acc" in row:
-            metrics[f"{name}/privacy_score"] = 1.0 - row["privacy/unseen_acc"]
-            metrics[f"{name}/utility_score"] = row["utility/indep_acc"]
-    report = write_report(rows, chance, task.k, out_dir)
+    notes = []
+    if not data.has_masks:
+        notes.append(
+            f"{data.path} has no ROI masks: ROI metrics use the whole image; outside-ROI "
+            "metrics (SSIM/PSNR outside, counterfactual proximity) are skipped."
+        )
+    if split == "val":
+        notes.append(
+            "Validation split (for choices: sweeps, defaults). The attackers also pick their "
+            "epoch on validation, which favours them: a conservative privacy estimate."
+        )
+    report = write_report(rows, chance, task.k, out_dir, split=split, seen=seen, notes=notes)
     log.info("report: %s", report)
     return ctx.finish(metrics)

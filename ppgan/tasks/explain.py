@@ -7,10 +7,14 @@ saved in the run dir (`case_base.pt`), so later explanations are fast.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
+import secrets
 from pathlib import Path
 
+import h5py
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -28,20 +32,38 @@ from ppgan.engine import (
     load_frozen_parts,
     save_checkpoint,
 )
+from ppgan.engine.context import file_stamp, write_text
 from ppgan.engine.images import to_unit
 from ppgan.errors import PpganError
+from ppgan.metrics.diversity import near_duplicate_fraction
 
 log = logging.getLogger(__name__)
 
 
-def case_base(ctx: RunContext, disease, shape: tuple[int, ...]) -> dict[str, Tensor]:
-    """The anonymized training cases and their disease-network features (built once, cached)."""
+def case_base(ctx: RunContext, disease, shape: tuple[int, ...]) -> dict:
+    """The anonymized training cases and their disease-network features (built once, cached).
+
+    A saved case base is reused only while it matches its source: when `task.anonymized_file` is
+    given, its path, size and modification time must equal those recorded at build time, else the
+    case base is rebuilt (the default one in the run dir) or refused (one named by
+    `task.case_base`, which this task does not overwrite).
+    """
     task = ctx.cfg.task
     path = Path(task.case_base) if task.case_base else ctx.out_dir / "case_base.pt"
+    source = file_stamp(task.anonymized_file) if task.anonymized_file else None
+    if task.anonymized_file and not Path(task.anonymized_file).is_file():
+        raise PpganError(f"task.anonymized_file: {task.anonymized_file} does not exist")
     if path.is_file():
         base = load_checkpoint(path, "task.case_base")
-        log.info("case base: %s (%d cases)", path, len(base["dis"]))
-        return {k: v.to(ctx.device) if isinstance(v, Tensor) else v for k, v in base.items()}
+        if source is None or base.get("source") == source:
+            log.info("case base: %s (%d cases)", path, len(base["dis"]))
+            return {k: v.to(ctx.device) if isinstance(v, Tensor) else v for k, v in base.items()}
+        if task.case_base:
+            raise PpganError(
+                f"task.case_base: {path} was built from {base.get('source')}, not from "
+                f"task.anonymized_file={source['path']} as it is now; rebuild it"
+            )
+        log.info("case base %s is stale (its source changed): rebuilding", path)
     if not task.anonymized_file:
         raise PpganError(
             "task.anonymized_file: required to build the case base (the output of task=export)"
@@ -62,12 +84,23 @@ def case_base(ctx: RunContext, disease, shape: tuple[int, ...]) -> dict[str, Ten
         "images": images,
         "dis": anon.dis[idx],
         "features": feats.float(),
-        "file_index": idx,
-        "source": str(Path(task.anonymized_file).resolve()),
+        "case_id": release_case_ids(task.anonymized_file, idx.cpu().numpy()),
+        "source": source,
     }
     save_checkpoint(path, {k: v.cpu() if isinstance(v, Tensor) else v for k, v in base.items()})
     log.info("built the case base: %d anonymized training cases -> %s", len(idx), path)
     return base
+
+
+def release_case_ids(path: str | Path, rows: np.ndarray) -> list[str]:
+    """The release's opaque `case_id` of `rows`. A file without one (an export of an older
+    version, or another tool's) gets fresh random ids: its row numbers may be the original order,
+    so they are never shown."""
+    with h5py.File(path, "r") as f:
+        if "case_id" in f and len(f["case_id"]) == len(f["images"]):
+            return [bytes(v).decode() for v in f["case_id"][()][rows]]
+    log.warning("%s has no case_id: naming its cases by fresh random ids", path)
+    return [secrets.token_hex(8) for _ in rows]
 
 
 def queries(ctx: RunContext, data, shape) -> tuple[Tensor, Tensor, list[str]]:
@@ -103,12 +136,12 @@ def draw_panel(
     """One row: query | k nearest cases | nearest case of another class | counterfactual."""
     tiles = [(query, f"QUERY\n{pred}")]
     tiles += [
-        (c["image"], f"case #{c['case_index']}\n{c['label']}  d={c['distance']:.2f}") for c in cases
+        (c["image"], f"case {c['case_id'][:6]}\n{c['label']}  d={c['distance']:.2f}") for c in cases
     ]
     tiles.append(
         (
             other["image"],
-            f"nearest other class\n#{other['case_index']} {other['label']}"
+            f"nearest other class\n{other['case_id'][:6]} {other['label']}"
             f"  d={other['distance']:.2f}",
         )
     )
@@ -128,7 +161,11 @@ def draw_panel(
         ax.axis("off")
     fig.suptitle("anonymized cases only (similarity: disease-network features)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    buf = io.BytesIO()  # written whole, then renamed: no half-written panel
+    fig.savefig(buf, format="png")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
     return fig
 
 
@@ -164,7 +201,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     images, masks, labels = queries(ctx, data, data.shape)
     panel_dir = out_dir / "panels"
     panel_dir.mkdir(parents=True, exist_ok=True)
-    confidences = []
+    confidences, duplicates = [], []
     for x, mask, name in zip(images, masks, labels):
         with torch.no_grad():
             logits = disease(x[None])[0]
@@ -188,19 +225,25 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             "query": name,
             "prediction": names[pred],
             "confidence": float(logits.softmax(0).max()),
-            "case_base": base["source"],
+            "case_base": (base.get("source") or {}).get("path"),
             "cases": [_strip(c) for c in cases],
+            # Share of the k cases with a near-copy among the others: 1 = one picture k times.
+            "near_duplicate_fraction": near_duplicate_fraction(
+                torch.stack([c["image"] for c in cases]), task.duplicate_tol
+            ),
             "other_class_case": _strip(other),
             "counterfactual": None if cf is None else cf["label"],
         }
-        (panel_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
+        write_text(panel_dir / f"{name}.json", json.dumps(record, indent=2))
         confidences.append(record["confidence"])
+        duplicates.append(record["near_duplicate_fraction"])
     log.info("wrote %d explanation panels to %s", len(labels), panel_dir)
     return ctx.finish(
         {
             "n_panels": len(labels),
             "case_base_size": len(base["dis"]),
             "mean_confidence": float(np.mean(confidences)),
+            "near_duplicate_fraction": float(np.mean(duplicates)),
         }
     )
 
@@ -212,7 +255,7 @@ def _verdict(logits: Tensor, names: list[str]) -> str:
 def _case(base: dict, d: Tensor, i: Tensor, names: list[str]) -> dict:
     i = int(i)
     return {
-        "case_index": i,
+        "case_id": base["case_id"][i],
         "label": names[int(base["dis"][i])],
         "distance": float(d[i]),
         "image": base["images"][i],

@@ -1,12 +1,17 @@
-"""Task `export`: rewrite chosen splits with a trained generator into a new HDF5 (same format).
+"""Task `export`: rewrite chosen splits with a trained generator into a new HDF5 release.
 
-The identity labels are left out by default: the original exported them, which links every
-anonymized image back to its patient (README, "Deviations from the original code").
+What is shipped is the anonymized images, `dis`, `set` and an opaque `case_id` per row, nothing
+that links a row back to its source: the identity labels are left out (the original code exported
+them; README, "Deviations from the original code"), the rows are in a fresh random order that is
+never stored, the original ROI masks are not copied (they are as personal as the eye: every
+original mask matches exactly one image), and no attributes, file names or indices are written.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ from ppgan.errors import PpganError
 from ppgan.models.vae import reparameterize
 
 log = logging.getLogger(__name__)
+MASK_MODES = ("none", "class_canonical")
 
 
 def to_source_format(x: Tensor, data: ImageData) -> np.ndarray:
@@ -36,13 +42,87 @@ def to_source_format(x: Tensor, data: ImageData) -> np.ndarray:
     return x.cpu().numpy().astype(data.source_dtype)
 
 
-def anonymize_splits(enc, dec, data: ImageData, idx: Tensor, bs: int, sample: bool, progress):
-    """Yield (positions, anonymized batch) over `idx`; z = mu unless `sample`."""
-    for start in progress(range(0, len(idx), bs), desc="anonymize"):
-        b = data.batch(idx[start : start + bs])
-        with torch.no_grad():
-            mu, logvar = enc(b["images"], b["masks"])
-            yield start, b, dec(reparameterize(mu, logvar) if sample else mu)
+def release_order(n: int) -> np.ndarray:
+    """A permutation of the rows drawn from OS entropy, deliberately *not* from `cfg.seed`:
+    anyone who knows the seed (it is in every run's config) could otherwise undo it. It is never
+    written anywhere, so two exports of the same data differ in order."""
+    return np.random.default_rng(secrets.randbits(128)).permutation(n)
+
+
+def case_ids(n: int) -> np.ndarray:
+    """n distinct random 64-bit hex ids: the names of the release's cases in panels and sidecars.
+    They exist only in the release (not derived from any index), so they link to nothing."""
+    ids: list[str] = []
+    seen: set[str] = set()
+    while len(ids) < n:
+        if (token := secrets.token_hex(8)) not in seen:
+            seen.add(token)
+            ids.append(token)
+    return np.array(ids, dtype="S16")
+
+
+def class_canonical_masks(data: ImageData) -> Tensor:
+    """One mask per disease class [K, H, W]: the pixel-wise majority vote of the class's training
+    masks. A mask per class carries the class (which the release shows anyway) and nothing about
+    the person; classes without training images get the vote over all training masks."""
+    train = data.indices("train")
+    masks = data.batch(train)["masks"][:, 0]  # [N, H, W] in {0, 1}
+    dis = data.dis[train]
+    overall = masks.mean(0) >= 0.5
+    out = []
+    for c in range(data.n_classes):
+        sel = masks[dis == c]
+        out.append(sel.mean(0) >= 0.5 if len(sel) else overall)
+    return torch.stack(out).to(torch.uint8)
+
+
+def export_release(
+    path: Path,
+    data: ImageData,
+    idx: Tensor,
+    anonymize: Callable[[dict], Tensor],
+    batch_size: int,
+    masks: str = "none",
+    keep_identity: bool = False,
+    progress=lambda it, **_: it,
+) -> tuple[Tensor, Tensor]:
+    """Write the anonymized rows `idx` of `data` to `path` as a release (see the module doc).
+
+    Args:
+        anonymize: batch -> images [B, C, H, W] in [-1, 1].
+        masks: `none` (default) or `class_canonical` (`class_canonical_masks`).
+        keep_identity: also write `id` (in the release's order): for evaluation only.
+
+    Returns:
+        The first batch's originals and anonymized images (for a sample grid).
+    """
+    if masks not in MASK_MODES:
+        raise PpganError(f"task.masks={masks}: choose from {list(MASK_MODES)}")
+    if masks != "none" and not data.has_masks:
+        raise PpganError(f"task.masks={masks}: {data.path} has no masks to derive them from")
+    idx = idx[torch.from_numpy(release_order(len(idx))).to(idx.device)]
+    n, (c, h, w) = len(idx), data.shape
+    shape = (n, h, w) if data.source_rank == 3 else (n, h, w, c)
+    canonical = class_canonical_masks(data).cpu().numpy() if masks == "class_canonical" else None
+    first = None
+    with atomic_h5(path) as f:
+        images = f.create_dataset("images", shape=shape, dtype=np.dtype(data.source_dtype))
+        dis = data.dis[idx].cpu().numpy()
+        f.create_dataset("dis", data=dis)
+        f.create_dataset("set", data=data.split_code(data.split[idx]).cpu().numpy())
+        f.create_dataset("case_id", data=case_ids(n))
+        if canonical is not None:
+            f.create_dataset("masks", data=canonical[dis])
+        if keep_identity:
+            f.create_dataset("id", data=data.require_ids("task.keep_identity")[idx].cpu().numpy())
+        for start in progress(range(0, n, batch_size), desc="anonymize"):
+            b = data.batch(idx[start : start + batch_size])
+            with torch.no_grad():
+                fake = anonymize(b)
+            images[start : start + len(fake)] = to_source_format(fake, data)
+            if first is None:
+                first = (b["images"], fake)
+    return first
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
@@ -62,30 +142,25 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             "task.keep_identity=true: the output keeps identity labels, which link every "
             "anonymized image to its patient; use it for evaluation only"
         )
-    n, (c, h, w) = len(idx), data.shape
+
+    def anonymize(b: dict) -> Tensor:  # z = mu unless task.sample_latent (seeded by cfg.seed)
+        mu, logvar = enc(b["images"], b["masks"])
+        return dec(reparameterize(mu, logvar) if task.sample_latent else mu)
+
     out_path = out_dir / task.filename
-    shape = (n, h, w) if data.source_rank == 3 else (n, h, w, c)
-    with atomic_h5(out_path) as f:
-        images = f.create_dataset("images", shape=shape, dtype=np.dtype(data.source_dtype))
-        f.create_dataset("dis", data=data.dis[idx].cpu().numpy())
-        f.create_dataset("set", data=data.split_code(data.split[idx]).cpu().numpy())
-        if task.keep_identity:
-            f.create_dataset("id", data=data.require_ids("task.keep_identity").cpu()[idx.cpu()])
-        masks = (
-            f.create_dataset("masks", shape=(n, h, w), dtype=np.uint8) if data.has_masks else None
-        )
-        for start, b, fake in anonymize_splits(
-            enc, dec, data, idx, cfg.trainer.eval_batch_size, task.sample_latent, ctx.progress
-        ):
-            images[start : start + len(fake)] = to_source_format(fake, data)
-            if masks is not None:
-                masks[start : start + len(fake)] = b["masks"][:, 0].to(torch.uint8).cpu().numpy()
-            if start == 0:
-                k = min(8, len(fake))
-                grid = rows_grid(
-                    [b["images"][:k], fake[:k]], out_dir / "samples" / "anonymized.png"
-                )
-                ctx.writer.add_image("samples/original|anonymized", grid, 0)
-    log.info("wrote %s (%d images of splits %s)", out_path, n, list(task.splits))
+    real, fake = export_release(
+        out_path,
+        data,
+        idx,
+        anonymize,
+        cfg.trainer.eval_batch_size,
+        masks=task.masks,
+        keep_identity=task.keep_identity,
+        progress=ctx.progress,
+    )
+    k = min(8, len(fake))
+    grid = rows_grid([real[:k], fake[:k]], out_dir / "samples" / "anonymized.png")
+    ctx.writer.add_image("samples/original|anonymized", grid, 0)
+    log.info("wrote %s (%d images of splits %s)", out_path, len(idx), list(task.splits))
     counts = {f"n_{s}": float((data.split[idx] == i).sum()) for i, s in enumerate(SPLITS)}
-    return ctx.finish({"n_images": n, **counts})
+    return ctx.finish({"n_images": len(idx), **counts})
