@@ -1,4 +1,4 @@
-"""The release as shipped: hygiene of task=anonymize's export and the side-channel attacks that
+"""The release as shipped: hygiene of task=export's release and the side-channel attacks that
 check it; collapse/diversity and bootstrap known answers."""
 
 from __future__ import annotations

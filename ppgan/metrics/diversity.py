@@ -33,10 +33,10 @@ def diversity_ratio(
     )
 
 
-def near_duplicate_fraction(images: Tensor, tol: float = 0.02) -> float:
+def near_duplicate_fraction(images: Tensor, tol: float = 0.05) -> float:
     """Share of images that have a near-duplicate among the others: root-mean-square pixel
-    difference below `tol` (images in [-1, 1]; 0.02 ~ 2.5 grey levels). For the k cases of an
-    explanation, 1.0 means the panel shows one picture k times.
+    difference below `tol` (images in [-1, 1]; 0.05 ~ 6 grey levels, see conf/task/explain.yaml).
+    For the k cases of an explanation, 1.0 means the panel shows one picture k times.
 
     Args:
         images: [K, C, H, W].

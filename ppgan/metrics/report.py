@@ -152,7 +152,7 @@ def write_report(
             "",
             "## The release as shipped (side channels)",
             "",
-            "The exported file (`task=anonymize`) attacked with the original file in hand: "
+            "The exported file (`task=export`) attacked with the original file in hand: "
             "*position join* = the k-th released row of a split is the k-th original row; *mask "
             "join* = the original row with the nearest ROI mask (– = the release has no masks); "
             "*metadata join* = a random original row agreeing on every column both files have "

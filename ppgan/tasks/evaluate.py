@@ -320,7 +320,7 @@ def evaluate_counterfactual(ctx, data, ref, judges, unseen, indep, path: str) ->
 def release_side_channels(
     path: str, data: ImageData, anon: dict[str, Tensor], split: str, boot: DictConfig, bs: int
 ) -> Scores:
-    """Attack an exported release file (`task=anonymize`) with the original file in hand.
+    """Attack an exported release file (`task=export`) with the original file in hand.
 
     The truth (who each released row shows) is known to the evaluation only: the release's `id`
     if it was exported with `task.keep_identity=true`, else `match_truth` against the method's
