@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ppgan.config import compose_config
 from ppgan.engine import RunContext, load_checkpoint
-from ppgan.engine.context import training_config
+from ppgan.engine.context import config_changes, training_config
 from ppgan.errors import PpganError
 from ppgan.tasks import run_task
 
@@ -75,12 +75,10 @@ def stage_config(cfg: DictConfig, name: str, overrides: list[str], user: list[st
 def same_stage_config(name: str, trained: dict, now: DictConfig) -> None:
     """A finished training stage is reused only if it was trained with the config asked for now
     (`trained`: the config its checkpoint records)."""
-    after = training_config(now)
-    if differ := sorted(k for k in trained.keys() | after.keys() if trained.get(k) != after.get(k)):
+    if changes := config_changes(trained, training_config(now)):
         raise PpganError(
-            f"hydra.run.dir: stage '{name}' finished with another config ({', '.join(differ[:4])}"
-            f"{'...' if len(differ) > 4 else ''}); re-run with the original overrides or use a "
-            "new run dir"
+            f"hydra.run.dir: stage '{name}' finished with another config ({changes}); "
+            "re-run with the original overrides or use a new run dir"
         )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -108,8 +107,18 @@ def training_config(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k not in _NOT_SHAPING}
 
 
-def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def config_changes(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The keys whose values differ between two `training_config`s, as `key: old -> new` (at most
+    four shown); empty when they are the same."""
+    keys = sorted(
+        k
+        for k in before.keys() | after.keys()
+        if before.get(k, "<unset>") != after.get(k, "<unset>")
+    )
+    shown = ", ".join(
+        f"{k}: {before.get(k, '<unset>')!r} -> {after.get(k, '<unset>')!r}" for k in keys[:4]
+    )
+    return shown + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -237,22 +246,11 @@ class RunContext:
                 "hydra.run.dir: last.pt does not record the config it was trained with "
                 "(written by an older ppgan); start a new run dir"
             )
-        if config_hash(saved) == config_hash(self.train_config):
-            return
-        keys = sorted(
-            k
-            for k in saved.keys() | self.train_config.keys()
-            if saved.get(k, "<unset>") != self.train_config.get(k, "<unset>")
-        )
-        shown = ", ".join(
-            f"{k}: {saved.get(k, '<unset>')!r} -> {self.train_config.get(k, '<unset>')!r}"
-            for k in keys[:4]
-        )
-        more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
-        raise PpganError(
-            f"hydra.run.dir: {self.out_dir} was trained with another config ({shown}{more}); "
-            "resume with the original overrides or use a new run dir"
-        )
+        if changes := config_changes(saved, self.train_config):
+            raise PpganError(
+                f"hydra.run.dir: {self.out_dir} was trained with another config ({changes}); "
+                "resume with the original overrides or use a new run dir"
+            )
 
     def end_epoch(
         self, epoch: int, nets: dict, opts: dict, select: Selection, improved: bool, **extra: Any
