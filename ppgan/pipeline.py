@@ -40,6 +40,9 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | tuple[str, ...] =
     return run_task(cfg, Path(out_dir))
 
 
+_ABSENT = object()
+
+
 def user_overrides_for(stage: DictConfig, user: list[str]) -> list[str]:
     """The user's overrides that apply to a stage: group choices (other than the pipeline's own,
     `PIPELINE_GROUPS`) and `key=value` / `~key` whose key exists in the stage's config."""
@@ -53,14 +56,11 @@ def user_overrides_for(stage: DictConfig, user: list[str]) -> list[str]:
             or (root in PIPELINE_GROUPS and "." not in key)
         ):
             continue  # Hydra's own settings, the pipeline's task node and group choices
-        if "." not in key and OmegaConf.select(stage, key, default=_ABSENT) is _ABSENT:
-            keep.append(text)  # a group choice: dataset=hdf5, debug=tiny, trainer=...
-        elif OmegaConf.select(stage, key, default=_ABSENT) is not _ABSENT:
-            keep.append(text.lstrip("+"))  # an existing key: seed=1, optimizer.lr=1e-3...
+        # Group choices (dataset=hdf5, debug=tiny) always; values (seed=1, optimizer.lr=1e-3)
+        # where the stage has the key.
+        if "." not in key or OmegaConf.select(stage, key, default=_ABSENT) is not _ABSENT:
+            keep.append(text.lstrip("+"))
     return keep
-
-
-_ABSENT = object()
 
 
 def stage_config(cfg: DictConfig, name: str, overrides: list[str], user: list[str]) -> DictConfig:
