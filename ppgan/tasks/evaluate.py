@@ -1,8 +1,9 @@
 """Task `evaluate`: privacy, utility, realism and retrieval of every anonymizer, by one suite.
 
 Privacy is measured by attackers the generator never saw, not only by the frozen networks it was
-trained to fool: an unseen identity classifier of another architecture, an adaptive one trained on
-the anonymized training split, and linkage of anonymized images to the original training images.
+trained to fool: an unseen identity classifier of another architecture, adaptive attackers of
+several kinds trained on the anonymized training split and tuned on the anonymized validation split
+(`ppgan.attackers`), and linkage of anonymized images to the original training images.
 A shipped release (`task.release_files`) is attacked as a file too: row order, masks, metadata and
 pixels joined to the original file. Every rate comes with a bootstrap 95 % interval and is shown
 next to the same attack on the original images and chance. `task.split` is `test` for the one
