@@ -139,10 +139,11 @@ def fake_of(b: dict) -> torch.Tensor:
 def test_one_forward_scores_equal_two():
     critic = tiny_critic()
     real, fake = torch.rand(5, 3, 4, 4), torch.rand(5, 3, 4, 4)
-    d_real, d_fake = critic_scores(critic, real, fake)
-    assert torch.allclose(d_real, critic(real)) and torch.allclose(d_fake, critic(fake))
+    for one_forward in (True, False, None):  # None: one forward on CUDA only
+        d_real, d_fake = critic_scores(critic, real, fake, one_forward)
+        assert torch.allclose(d_real, critic(real)) and torch.allclose(d_fake, critic(fake))
     with_bn = nn.Sequential(nn.BatchNorm2d(3), critic)  # batch statistics: two forwards
-    d_real, d_fake = critic_scores(with_bn, real, fake)
+    d_real, d_fake = critic_scores(with_bn, real, fake, one_forward=True)
     assert torch.allclose(d_real, with_bn(real)) and torch.allclose(d_fake, with_bn(fake))
 
 
