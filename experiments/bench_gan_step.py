@@ -14,6 +14,8 @@ Settings (each alone, then combined):
   fp32           ppgan's step, every speed switch off
   bf16, channels_last, fused_adam; CUDA also cudnn_benchmark, tf32, compile
   fastest        every switch that is on in the fastest combination for the device
+  fastest_eager, fastest_cuda_graph   (CUDA) the same without compile; and captured as one
+                 CUDA graph per iteration (GraphedStep, benchmark only)
   fastest_gp4    `fastest` with the lazy penalty objective.gp_every=4 (changes the method)
   default        trainer.* as conf/trainer/default.yaml has them (what a plain run gets)
 
@@ -70,6 +72,7 @@ class Setting:
     trainer: dict  # trainer.* overrides on top of OFF; None = the config's defaults
     critic_updates: str = "combined"
     objective: tuple[str, ...] = ()
+    cuda_graph: bool = False  # capture the whole iteration once, replay it (GraphedStep)
 
 
 def settings_for(device: str) -> list[Setting]:
@@ -81,7 +84,9 @@ def settings_for(device: str) -> list[Setting]:
     out += [Setting("bf16" if k == "amp" else k, OFF | {k: True}) for k in alone]
     out.append(Setting("bf16+channels_last", OFF | {"amp": True, "channels_last": True}))
     if cuda:  # compile is slow to start: also the fastest combination without it
-        out.append(Setting("fastest_eager", OFF | fastest | {"compile": False}))
+        eager = OFF | fastest | {"compile": False}
+        out.append(Setting("fastest_eager", eager))
+        out.append(Setting("fastest_cuda_graph", eager, cuda_graph=True))
     out.append(Setting("fastest", OFF | fastest))
     out.append(Setting("fastest_gp4", OFF | fastest, objective=("objective.gp_every=4",)))
     out.append(Setting("default", None))
@@ -94,12 +99,54 @@ PRESETS = {
 }
 
 
+class GraphedStep:
+    """The loop's step captured once as one CUDA graph and replayed (benchmark only, to measure
+    what removing the launch overhead of a few thousand small kernels per iteration is worth).
+
+    The iteration's `n_critic + n_gen` batches are copied into static buffers before each replay;
+    Adam runs `capturable` (its step count on the GPU); dropout and the penalty's random numbers
+    come from the graph-safe CUDA generator, fresh each replay. Needs `gp_every=1` (one graph).
+    """
+
+    def __init__(self, step: GanStep, stream: Iterator[dict], warmup: int = 3):
+        if step.gp_every != 1:
+            raise ValueError("a CUDA graph replays one iteration: needs objective.gp_every=1")
+        self.static = [
+            {k: v.clone() for k, v in next(stream).items()}
+            for _ in range(step.n_critic + step.n_gen)
+        ]
+        for opt in (step.opt_c, step.opt_g):
+            for group in opt.param_groups:
+                group["capturable"] = True
+            for p, state in opt.state.items():  # steps taken so far counted on the host
+                if "step" in state:
+                    state["step"] = torch.as_tensor(
+                        state["step"], dtype=torch.float32, device=p.device
+                    )
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm up (cuDNN plans, optimizer state) off the capture
+            for _ in range(warmup):
+                step(iter(self.static))
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = step(iter(self.static))
+
+    def __call__(self, stream: Iterator[dict]) -> dict:
+        for dst in self.static:
+            for k, v in next(stream).items():
+                dst[k].copy_(v, non_blocking=True)
+        self.graph.replay()
+        return {k: v.clone() for k, v in self.out.items()}
+
+
 @dataclass
 class Case:
     """One setting, built: the loop's step, its context and stream."""
 
     setting: Setting
-    step: GanStep
+    step: GanStep | GraphedStep
     ctx: RunContext
     stream: Iterator[dict]
     cfg: object
@@ -220,6 +267,8 @@ def build_case(preset: list[str], setting: Setting, device: str, batch: int, tmp
         case.flops = int(counter.get_total_flops())
     else:
         timed(case)
+    if setting.cuda_graph:
+        case.step = GraphedStep(step, case.stream)
     # The setting's own peak: its networks, optimizer state and one iteration's transients.
     case.peak_mem = peak_memory(dev) - before
     return case
@@ -305,6 +354,11 @@ def run_preset(args, objective: str, preset: str, emit) -> None:
     lines = [record(c, preset, objective, args.device, args.batch) for c in cases]
     ref = next((r["ms_per_iter"] for r in lines if r["setting"] == "reference"), None)
     for line in lines:
+        if line["flops_per_iter"] is None:  # compiled: the same iteration's FLOPs, counted eager
+            same = [r for r in lines if r["flops_per_iter"] and r["gp_every"] == line["gp_every"]]
+            if same:
+                line["flops_per_iter"] = same[0]["flops_per_iter"]
+                line["tflops_per_s"] = round(line["flops_per_iter"] / line["ms_per_iter"] / 1e9, 3)
         line["ratio_to_reference"] = round(line["ms_per_iter"] / ref, 3) if ref else None
         emit(line)
     if lines:
