@@ -49,6 +49,13 @@ def shift_augment(x: Tensor, max_shift: int) -> Tensor:
     return pad[idx_n, idx_c, rows, cols]
 
 
+def identity_support(ids: Tensor, dis: Tensor, n_ids: int, n_classes: int) -> Tensor:
+    """[n_classes, n_ids] float 0/1: identity i has a (training) image of disease class c."""
+    support = torch.zeros(n_classes, n_ids, device=ids.device)
+    support[dis, ids] = 1.0
+    return support
+
+
 def random_identity_step(
     enc: nn.Module,
     dec: nn.Module,
@@ -59,12 +66,17 @@ def random_identity_step(
     opt_a: torch.optim.Optimizer,
     judges: Judges,
     objective_cfg: Mapping[str, Any],
+    id_support: Tensor,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> GanStep:
     """The PP-RID iteration (`task=anonymizer objective=pp_rid model=rid_gan`).
 
     Critic phase on release images (`enc(...)` draws the code), then `n_adversary` updates of
     the in-loop identity adversary on fresh release images, then the generator phase.
+
+    Args:
+        id_support: [n_classes, n_ids] 0/1, which identities have training images of each
+            disease class (`identity_support`).
     """
     if isinstance(objective_cfg, DictConfig):
         objective_cfg = OmegaConf.to_container(objective_cfg, resolve=True)
@@ -114,6 +126,7 @@ def random_identity_step(
             judges,
             adversary,
             objective,
+            id_support[b["dis"]],
         )
 
     return GanStep(

@@ -144,6 +144,7 @@ def random_identity_terms(
     judges: Judges,
     adversary: nn.Module,
     objective: Objective,
+    id_support: Tensor,
 ) -> dict[str, Tensor]:
     """PP-RID's generator terms (README, "PP-RID"), unweighted; zero-weight terms are skipped.
 
@@ -153,6 +154,10 @@ def random_identity_terms(
         code_of_fake: the encoder's identity code of `fake` (for the `code` term), or None.
         adversary: the identity classifier trained *during* GAN training on the release images
             (the adaptive attacker inside the loop); its parameters are not updated here.
+        id_support: [N, n_ids] 0/1, the identities each image's release may be mistaken for:
+            those with training images of the same disease class. The release shows the disease,
+            so the best an anonymizer can do is `chance | disease` -- uniform over this set;
+            asking for uniform over *all* identities would ask it to hide the diagnosis too.
 
     Terms: `kl` (both parts to N(0, I)), `rec` (whole-image reconstruction from the posterior:
     keeps the autoencoder realistic and teaches the decoder to render an identity from the code),
@@ -174,14 +179,14 @@ def random_identity_terms(
         with torch.no_grad():
             logits_real = judges.disease(real)
         terms["disease"] = disease_preservation(logits_real, judges.disease(fake))
+    if w.get("identity") or w.get("adaptive"):
+        target = jittered_uniform(len(fake), id_support.shape[1], objective.jitter, fake.device)
+        target = target * id_support
+        target = target / target.sum(1, keepdim=True)
     if w.get("identity"):
-        logits = judges.identity(fake)
-        target = jittered_uniform(len(fake), logits.shape[1], objective.jitter, fake.device)
-        terms["identity"] = soft_cross_entropy(target, logits)
+        terms["identity"] = soft_cross_entropy(target, judges.identity(fake))
     if w.get("adaptive"):
-        logits = adversary(fake)
-        target = jittered_uniform(len(fake), logits.shape[1], objective.jitter, fake.device)
-        terms["adaptive"] = soft_cross_entropy(target, logits)
+        terms["adaptive"] = soft_cross_entropy(target, adversary(fake))
     if w.get("roi_rec"):
         terms["roi_rec"] = roi_reconstruction(real, fake, mask, objective.roi_rec_reduction)
     if w.get("code") and code_of_fake is not None:

@@ -31,6 +31,7 @@ from ppgan.errors import PpganError
 from ppgan.gan import (
     REQUIRED_JUDGES,
     anonymizer_step,
+    identity_support,
     random_identity_step,
     reference_embeddings,
     require_bf16,
@@ -126,7 +127,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     opt_c = build(cfg.critic_optimizer, params=critic.parameters())
     nets = {"encoder": (enc, enc_spec), "decoder": (dec, dec_spec), "critic": (critic, critic_spec)}
     opts = {"opt_g": opt_g, "opt_c": opt_c}
-    adversary = None
+    adversary = support = None
     if rid:  # the adaptive attacker inside the loop, an identity classifier of its own
         if m.get("adversary") is None:
             raise PpganError("objective=pp_rid needs model.adversary (use model=rid_gan)")
@@ -135,6 +136,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         opt_a = build(cfg.critic_optimizer, params=adversary.parameters())
         nets["adversary"] = (adversary, adv_spec)
         opts["opt_a"] = opt_a
+        train = data.indices("train")
+        support = identity_support(data.ids[train], data.dis[train], data.n_ids, data.n_classes)
     select = Selection(patience=0, warmup=task.selection_warmup)
     start = ctx.resume(nets, opts, select)
 
@@ -169,7 +172,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             refs = reference_embeddings(judges.siamese, data, gen, cfg.trainer.eval_batch_size)
         if rid:
             step = random_identity_step(
-                enc, dec, critic, adversary, opt_g, opt_c, opt_a, judges, obj, ctx.autocast
+                enc, dec, critic, adversary, opt_g, opt_c, opt_a, judges, obj, support, ctx.autocast
             )
         else:
             step = anonymizer_step(
