@@ -35,7 +35,13 @@ def gates(metrics: dict) -> dict[str, dict]:
             continue
         adaptive = attack(r, "privacy/adaptive", "acc")
         link_r1 = max(r.get("privacy/link_siamese_rank1", 0), r.get("privacy/link_unseen_rank1", 0))
-        link_auc = max(r.get("privacy/link_siamese_auc", 0), r.get("privacy/link_unseen_auc", 0))
+        # Over same-disease pairs where measured (see evaluate.identity_attacks: the plain AUC
+        # rewards a disease-keeping release for the disease alone); the plain one otherwise.
+        suffix = "_same_disease" if "privacy/link_siamese_auc_same_disease" in r else ""
+        link_auc = max(
+            r.get(f"privacy/link_siamese_auc{suffix}", 0),
+            r.get(f"privacy/link_unseen_auc{suffix}", 0),
+        )
         checks = {
             "adaptive <= 2x chance|disease": (adaptive, adaptive <= 2 * cid),
             "unseen <= 1.5x chance|disease": (
