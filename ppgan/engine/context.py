@@ -20,6 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ppgan.engine.checkpoint import load_checkpoint, save_checkpoint
+from ppgan.engine.speed import Speed
 from ppgan.errors import PpganError
 
 log = logging.getLogger(__name__)
@@ -178,8 +179,11 @@ class RunContext:
             raise PpganError(f"seed={self.seed}: must be >= 0")
         seed_everything(self.seed)
         self.ckpt_dir = self.out_dir / "checkpoints"
-        amp = bool(cfg.trainer.amp) and self.device.type == "cuda"
-        self.amp_dtype = getattr(torch, cfg.trainer.amp_dtype) if amp else None
+        # The trainer's speed switches (autocast, channels_last, cuDNN/TF32 flags, fused Adam,
+        # compile): the backend flags now, the rest on the networks in `resume`.
+        self.speed = Speed.from_config(cfg.trainer, self.device)
+        self.speed.apply_backends()
+        self.amp_dtype = self.speed.amp_dtype
         self._writer: SummaryWriter | None = None
         self.train_config = training_config(cfg)
 
@@ -190,14 +194,13 @@ class RunContext:
         return self._writer
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed precision on CUDA when `trainer.amp=true` (bf16 by default: no loss scaler)."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        """Mixed precision when `trainer.amp=true`, on CUDA or the CPU (bf16 by default: no loss
+        scaler)."""
+        return self.speed.autocast()
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A loss scaler, active only for fp16 autocast (bf16 keeps fp32's exponent range)."""
-        return torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def progress(self, iterable: Iterable, **kwargs: Any) -> Iterator:
         """A tqdm bar on a terminal, silent when stderr is not a TTY (logs, CI, multirun)."""
@@ -226,17 +229,21 @@ class RunContext:
             self.writer.add_scalar(tag, float(value) / count, step)
 
     def resume(self, nets: dict, opts: dict, select: Selection) -> int:
-        """Restore networks, optimizers, selection state and RNGs from `last.pt` of this run dir.
+        """Restore networks, optimizers, selection state and RNGs from `last.pt` of this run dir,
+        then apply the trainer's speed switches to them (`Speed.prepare`): every training loop
+        calls this once, after building its networks and optimizers and before training.
 
         Returns:
             The epoch to start from (0 for a fresh run).
         """
-        if (ckpt := self.resume_state()) is None:
-            return 0
-        self.check_same_config(ckpt)
-        restore(ckpt, nets, opts)
-        select.load_state_dict(ckpt["selection"])
-        return ckpt["epoch"]
+        start = 0
+        if (ckpt := self.resume_state()) is not None:
+            self.check_same_config(ckpt)
+            restore(ckpt, nets, opts)
+            select.load_state_dict(ckpt["selection"])
+            start = ckpt["epoch"]
+        self.speed.prepare({name: net for name, (net, _) in nets.items()}, opts.values())
+        return start
 
     def check_same_config(self, ckpt: dict[str, Any]) -> None:
         """Refuse to resume a run dir whose training config differs from this run's."""

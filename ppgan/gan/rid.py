@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from ppgan.engine.speed import memory_format_of, to_memory_format
 from ppgan.gan.step import GanStep
 from ppgan.losses.generator import Judges, Objective, random_identity_terms
 from ppgan.models.vae import reparameterize
@@ -81,6 +82,12 @@ def random_identity_step(
     if isinstance(objective_cfg, DictConfig):
         objective_cfg = OmegaConf.to_container(objective_cfg, resolve=True)
     objective = Objective.from_config(objective_cfg)
+    # The frozen judges see the generator's output in the trained networks' memory layout
+    # (`trainer.channels_last`), as in `anonymizer_step`.
+    fmt = memory_format_of(critic)
+    for net in (judges.disease, judges.identity, judges.siamese):
+        if net is not None:
+            to_memory_format(net, fmt)
     n_adversary = int(objective_cfg.get("n_adversary", 1))
     shift = int(objective_cfg.get("adversary_shift", 0))
 
@@ -141,4 +148,5 @@ def random_identity_step(
         gp_weight=float(objective_cfg["gp_weight"]),
         autocast=autocast,
         adversary=adversary_update,
+        gp_every=int(objective_cfg.get("gp_every", 1)),
     )
