@@ -87,6 +87,8 @@ def settings_for(device: str) -> list[Setting]:
         eager = OFF | fastest | {"compile": False}
         out.append(Setting("fastest_eager", eager))
         out.append(Setting("fastest_cuda_graph", eager, cuda_graph=True))
+        # TF32 without autocast measured faster than bf16 on an H200 (results/perf/gpu_h200).
+        out.append(Setting("default_cuda_graph", None, cuda_graph=True))
     out.append(Setting("fastest", OFF | fastest))
     out.append(Setting("fastest_gp4", OFF | fastest, objective=("objective.gp_every=4",)))
     out.append(Setting("default", None))
@@ -103,18 +105,17 @@ class GraphedStep:
     """The loop's step captured once as one CUDA graph and replayed (benchmark only, to measure
     what removing the launch overhead of a few thousand small kernels per iteration is worth).
 
-    The iteration's `n_critic + n_gen` batches are copied into static buffers before each replay;
-    Adam runs `capturable` (its step count on the GPU); dropout and the penalty's random numbers
-    come from the graph-safe CUDA generator, fresh each replay. Needs `gp_every=1` (one graph).
+    The iteration's batches (`n_critic + n_gen`, + 1 for an adversary) are copied into static
+    buffers before each replay; Adam runs `capturable` (its step count on the GPU); dropout and
+    the penalty's random numbers come from the graph-safe CUDA generator, fresh each replay.
+    Needs `gp_every=1` (one graph).
     """
 
     def __init__(self, step: GanStep, stream: Iterator[dict], warmup: int = 3):
         if step.gp_every != 1:
             raise ValueError("a CUDA graph replays one iteration: needs objective.gp_every=1")
-        self.static = [
-            {k: v.clone() for k, v in next(stream).items()}
-            for _ in range(step.n_critic + step.n_gen)
-        ]
+        n_batches = step.n_critic + step.n_gen + (step.adversary is not None)
+        self.static = [{k: v.clone() for k, v in next(stream).items()} for _ in range(n_batches)]
         for opt in (step.opt_c, step.opt_g):
             for group in opt.param_groups:
                 group["capturable"] = True

@@ -25,7 +25,11 @@ from ppgan.losses.generator import Judges, Objective, generator_terms
 from ppgan.models.vae import reparameterize
 
 # The frozen judges each objective variant cannot do without.
-REQUIRED_JUDGES = {"mir": ("disease", "identity"), "sir": ("disease", "siamese")}
+REQUIRED_JUDGES = {
+    "mir": ("disease", "identity"),
+    "sir": ("disease", "siamese"),
+    "rid": ("disease",),
+}
 
 
 def train_stream(data: ImageData, batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
@@ -182,6 +186,8 @@ class GanStep:
         terms_of: batch -> the generator's named loss terms (called under autocast), combined
             with `weights` (a term without a weight is an error, see `weighted_sum`).
         prefix: TensorBoard prefix of the generator's terms (`gen`, `cf`).
+        adversary: optional batch -> terms; one update of an in-loop adversary (PP-RID's
+            adaptive identity attacker), run between the critic and the generator phases.
     """
 
     critic: nn.Module
@@ -195,6 +201,7 @@ class GanStep:
     gp_weight: float
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     prefix: str = "gen"
+    adversary: Callable[[dict], dict[str, Tensor]] | None = None
     gp_every: int = 1
     critic_updates: str = "combined"  # `separate`: the original's structure (benchmark reference)
     critic_steps: int = field(default=0, init=False)  # counts critic steps for `gp_every`
@@ -223,6 +230,7 @@ class GanStep:
         # With a lazy penalty the last critic step may have skipped it: log the latest value.
         self.last_gp = terms_c.get("gp", self.last_gp)
         terms_c["gp"] = self.last_gp
+        terms_a = self.adversary(next(stream)) if self.adversary is not None else {}
         for _ in range(self.n_gen):
             b = next(stream)
             with self.autocast():
@@ -232,6 +240,7 @@ class GanStep:
             loss_g.backward()
             self.opt_g.step()
         logged = {f"critic/{k}": v for k, v in terms_c.items()}
+        logged |= {f"adversary/{k}": v for k, v in terms_a.items()}
         logged |= {f"{self.prefix}/{k}": v for k, v in terms_g.items()}
         logged[f"{self.prefix}/total"] = loss_g
         return {k: v.detach().float() for k, v in logged.items()}

@@ -102,7 +102,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     variant = gan.get("variant")
     if variant not in REQUIRED_JUDGES:
         raise PpganError(f"task.checkpoint: {task.checkpoint} is not a task=anonymizer checkpoint")
-    judges = load_judges(task, data, ctx.device, REQUIRED_JUDGES[variant])
+    # PP-RID's counterfactual keeps the factual image's random identity code (same z); its
+    # identity term is PP-MIR's (the frozen identity classifier).
+    privacy_variant = "mir" if variant == "rid" else variant
+    required = REQUIRED_JUDGES[variant]
+    if variant == "rid" and obj.loss.get("identity"):
+        required += ("identity",)
+    judges = load_judges(task, data, ctx.device, required)
     # Same architecture as the factual decoder; warm-started from it (a deviation: the original
     # starts from scratch) so training begins at the factual image and only learns the change.
     where, expect = f"task.checkpoint: {task.checkpoint}", {"in_shape": list(data.shape)}
@@ -151,7 +157,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 "disease": robust_disease_flip(judges.disease, cf, target, **robust),
                 "roi_complement": roi_complement(factual.float(), cf.float(), roi_of(data, b)),
                 "adv": generator_adversarial(critic, cf),
-                **privacy_terms(cf, b["images"], judges, variant, privacy_w, margin, True, refs),
+                **privacy_terms(
+                    cf, b["images"], judges, privacy_variant, privacy_w, margin, True, refs
+                ),
             }
 
         step = GanStep(
