@@ -352,6 +352,8 @@ def run_preset(args, objective: str, preset: str, emit) -> None:
                 except Exception as exc:
                     emit(error_line(preset, objective, case.setting.name, args.device, exc))
                     cases.remove(case)
+        for case in [c for c in cases if c.setting.name == args.profile]:
+            write_profile(case, f"{objective} {preset} {args.profile}", args.profile_out)
     lines = [record(c, preset, objective, args.device, args.batch) for c in cases]
     ref = next((r["ms_per_iter"] for r in lines if r["setting"] == "reference"), None)
     for line in lines:
@@ -378,6 +380,24 @@ def run_preset(args, objective: str, preset: str, emit) -> None:
         )
 
 
+def write_profile(case: Case, title: str, out: Path | None) -> None:
+    """torch.profiler's table of one more iteration: where the time goes, op by op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = case.ctx.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        timed(case)
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    text = f"# {title}\n" + prof.key_averages().table(sort_by=key, row_limit=40)
+    text += "\n" + prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=25)
+    if out is None:
+        print(text, file=sys.stderr)
+    else:
+        with out.open("a") as f:
+            f.write(text + "\n")
+
+
 def error_line(preset: str, objective: str, setting: str, device: str, exc: Exception) -> dict:
     last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     where = f" ({Path(last.filename).name}:{last.lineno})" if last else ""
@@ -402,6 +422,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--clock", choices=list(CLOCK), default="wall")
+    p.add_argument("--profile", metavar="SETTING", help="profile one more iteration of it")
+    p.add_argument("--profile-out", type=Path, help="append the profile here (default: stderr)")
     args = p.parse_args(argv)
     global clock
     clock = CLOCK[args.clock]

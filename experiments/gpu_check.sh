@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The GPU check, one short run from the repo root on a CUDA machine (results under $OUT):
 #   1. bench_gan_step.py on the paper PP-MIR preset: the fp32 eager reference (the original's
-#      three-update critic round), fp32, each speed switch alone, the fastest combination;
+#      three-update critic round), fp32, each speed switch alone, the fastest combinations, with
+#      compile, and captured as one CUDA graph per iteration;
 #   2. correctness: 21 training iterations of task=anonymizer debug=tiny on CUDA with the
 #      default switches (tiny judges trained first), every logged loss finite;
-#   3. loss curves, 50 iterations, fp32 vs the fastest eager setting (compare_curves.py);
-#   4. a summary: the fastest ms/iter and whether it meets 14 ms/iter (one H100).
+#   3. loss curves, 50 iterations, fp32 vs the device's default switches and vs the fastest eager
+#      setting (compare_curves.py);
+#   4. a summary: the fastest ms/iter and whether it meets 14 ms/iter (one H100); profile.txt is
+#      torch.profiler's table of one iteration with the default switches (where GPU time goes).
 # Its budget is well under 8 minutes (each step has a timeout). Torch with CUDA is preinstalled
 # there, hydra-core/omegaconf/antlr4 are not and nothing can be downloaded: carry their wheels in
 # .whl/ (pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl hydra-core==1.3.2
@@ -45,19 +48,19 @@ python3 -c "import torch; print('torch', torch.__version__)"
 echo "== 1. benchmark ($DEVICE, $PRESET PP-MIR, batch $BATCH)"
 timeout 300 python3 experiments/bench_gan_step.py --device "$DEVICE" --objectives pp_mir \
   --presets "$PRESET" --iters "$ITERS" --warmup "$WARMUP" --batch "$BATCH" \
-  --out "$OUT/bench.jsonl" > "$OUT/bench.log" 2>&1
+  --profile default --profile-out "$OUT/profile.txt" --out "$OUT/bench.jsonl" > "$OUT/log.txt" 2>&1
 echo "benchmark exit $? after $(( $(date +%s) - start )) s"
 
 echo "== 2. task=anonymizer debug=tiny on $DEVICE"
 tiny=(debug=tiny "trainer.device=$DEVICE" "paths.data_dir=$WORK/data")
 for task in disease identity; do
   timeout 120 python3 -m ppgan "task=$task" "${tiny[@]}" task.epochs=2 \
-    "hydra.run.dir=$WORK/$task" >> "$OUT/tiny.log" 2>&1 || echo "task=$task failed"
+    "hydra.run.dir=$WORK/$task" >> "$OUT/log.txt" 2>&1 || echo "task=$task failed"
 done
 timeout 180 python3 -m ppgan task=anonymizer "${tiny[@]}" "task.epochs=$EPOCHS" \
   "task.disease_ckpt=$WORK/disease/checkpoints/best.pt" \
   "task.identity_ckpt=$WORK/identity/checkpoints/best.pt" \
-  "hydra.run.dir=$WORK/anonymizer" >> "$OUT/tiny.log" 2>&1
+  "hydra.run.dir=$WORK/anonymizer" >> "$OUT/log.txt" 2>&1
 echo "anonymizer exit $? after $(( $(date +%s) - start )) s"
 python3 - "$WORK/anonymizer" "$OUT/tiny_losses.json" <<'EOF'
 import json, math, sys
@@ -72,13 +75,16 @@ json.dump({"finite": finite, "losses": losses}, open(sys.argv[2], "w"), indent=1
 print(f"tiny anonymizer: {len(tags)} loss tags, all finite: {finite}")
 EOF
 
-echo "== 3. loss curves, fp32 vs fastest_eager ($CURVE_PRESET, $CURVE_ITERS iterations)"
+# The device's default switches (what a plain run gets), then the fastest eager combination.
 fast=fastest_eager
 [ "$DEVICE" = cuda ] || fast=fastest
-timeout 240 python3 experiments/compare_curves.py --device "$DEVICE" --preset "$CURVE_PRESET" \
-  --setting "$fast" --iters "$CURVE_ITERS" --window 10 --data-dir "$WORK/data" \
-  --out "$OUT/curves.json" > "$OUT/curves.log" 2>&1
-echo "curves exit $? after $(( $(date +%s) - start )) s"
+for setting in default "$fast"; do
+  echo "== 3. loss curves, fp32 vs $setting ($CURVE_PRESET, $CURVE_ITERS iterations)"
+  timeout 150 python3 experiments/compare_curves.py --device "$DEVICE" --preset "$CURVE_PRESET" \
+    --setting "$setting" --iters "$CURVE_ITERS" --window 10 --data-dir "$WORK/data" \
+    --out "$OUT/curves_$setting.json" >> "$OUT/log.txt" 2>&1
+  echo "curves exit $? after $(( $(date +%s) - start )) s"
+done
 
 echo "== 4. summary"
 python3 - "$OUT" <<'EOF'
@@ -98,9 +104,10 @@ result = {"device": rows[0]["device"] if rows else None}
 if summary:
     result |= {k: summary[k] for k in ("fastest", "fastest_ms", "fastest_ratio_to_reference")}
     result["meets_14ms"] = summary["fastest_ms"] <= 14.0
-for name in ("tiny_losses.json", "curves.json"):
-    p = out / name
-    result[name.split(".")[0] + "_ok"] = json.loads(p.read_text()).get("finite" if "tiny" in name else "ok") if p.exists() else None
+p = out / "tiny_losses.json"
+result["tiny_losses_finite"] = json.loads(p.read_text())["finite"] if p.exists() else None
+for p in sorted(out.glob("curves_*.json")):
+    result[f"{p.stem}_ok"] = json.loads(p.read_text())["ok"]
 (out / "summary.json").write_text(json.dumps(result, indent=1))
 print(json.dumps(result))
 EOF
