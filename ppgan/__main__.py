@@ -12,7 +12,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ppgan.config import CONF_DIR
-from ppgan.engine.distributed import process_group, shared_run_dir, worker_overrides
+from ppgan.engine.distributed import (
+    launched_rank,
+    process_group,
+    shared_run_dir,
+    worker_overrides,
+)
 from ppgan.errors import PpganError
 from ppgan.pipeline import run
 
@@ -32,7 +37,8 @@ def hydra_main(cfg: DictConfig) -> float | list[float] | None:
         if cfg.get("full_error"):
             raise
         log.error("%s", exc)
-        print(f"ppgan: error: {exc}", file=sys.stderr)
+        if launched_rank() == 0:  # one line, not one per torchrun rank (the others log it)
+            print(f"ppgan: error: {exc}", file=sys.stderr)
         sys.exit(1)
     wanted = cfg.get("optimized_metric")
     if not wanted:

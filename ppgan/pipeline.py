@@ -37,7 +37,7 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | tuple[str, ...] =
     """Run `cfg`: the pipeline, or one task. `overrides` are the user's command-line overrides
     (what the pipeline passes on to its stages)."""
     if cfg.task.name == "pipeline":
-        if current().world > 1:
+        if current().joined:
             raise PpganError(
                 "task=pipeline: runs as one process, not under torchrun; launch its training "
                 "stages (task=disease|identity|siamese|anonymizer|counterfactual) with torchrun"

@@ -71,7 +71,7 @@ def test_ranks_see_exactly_the_batches_of_one_process(data_dir):
 
 def test_batches_the_ranks_cannot_split_are_one_line_errors():
     four = Dist(0, 4)
-    with pytest.raises(PpganError, match=r"task.batch_size=10: .* 4 ranks"):
+    with pytest.raises(PpganError, match=r"task.batch_size=10: not divisible by the 4 ranks"):
         four.check_batch(10, 100, "task=anonymizer", drop_last=True)
     with pytest.raises(PpganError, match=r"last batch of the training split \(1 of 17\)"):
         four.check_batch(8, 17, "the training split", drop_last=False)
@@ -85,6 +85,9 @@ def test_torchrun_environment_decides(monkeypatch):
     assert not wanted("auto") and worker_overrides([]) == []
     with pytest.raises(PpganError, match="trainer.distributed=true: not launched by torchrun"):
         wanted(True)
+    for key, value in zip(TORCHRUN_ENV, ("1", "0", "0")):
+        monkeypatch.setenv(key, value)
+    assert not wanted("auto") and wanted(True)  # one rank: joins only when asked to
     for key, value in zip(TORCHRUN_ENV, ("2", "1", "1")):
         monkeypatch.setenv(key, value)
     assert wanted("auto") and wanted(True)

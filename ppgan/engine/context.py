@@ -197,7 +197,7 @@ class RunContext:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(cfg.trainer.device)
-        if self.dist.world > 1 and self.device.type == "cuda":
+        if self.dist.joined and self.device.type == "cuda":
             self.device = rank_device(cfg.trainer.device, self.dist.local_rank)
         self.seed = int(cfg.seed)
         if self.seed < 0:
@@ -227,7 +227,7 @@ class RunContext:
         interpolation) from (seed, epoch, rank): ranks draw independent noise, and a resumed
         run draws what an uninterrupted one would have drawn. One process keeps its single
         stream (restored from last.pt on resume)."""
-        if self.dist.world > 1:
+        if self.dist.joined:
             ss = np.random.SeedSequence([self.seed, _stream_id("rank"), epoch, self.dist.rank])
             state = ss.generate_state(2)
             torch.manual_seed(int(state[0]) << 32 | int(state[1]))

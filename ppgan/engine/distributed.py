@@ -41,18 +41,24 @@ def launched_rank() -> int:
 
 @dataclass(frozen=True)
 class Dist:
-    """This process's place in the job; every collective is a no-op for a single process."""
+    """This process's place in the job; every collective is a no-op for a single process.
+
+    Attributes:
+        joined: a member of a torchrun job's process group (also with WORLD_SIZE=1 and
+            `trainer.distributed=true`, which runs the data-parallel code on one device).
+    """
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    joined: bool = False
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     def barrier(self) -> None:
-        if self.world > 1:
+        if self.joined:
             dist.barrier()
 
     @contextlib.contextmanager
@@ -66,7 +72,7 @@ class Dist:
 
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank (picklable objects: paths, dicts of floats)."""
-        if self.world == 1:
+        if not self.joined:
             return obj
         box = [obj]
         dist.broadcast_object_list(box, src=0)
@@ -75,7 +81,7 @@ class Dist:
     def sum(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Element-wise sums over ranks (one all-reduce per tensor; per epoch, not per step)."""
         out = {k: v.detach().clone() for k, v in tensors.items()}
-        if self.world > 1:
+        if self.joined:
             for v in out.values():
                 dist.all_reduce(v)
         return out
@@ -103,9 +109,9 @@ class Dist:
             return
         if batch_size % self.world:
             raise PpganError(
-                f"task.batch_size={batch_size}: {what} cannot split it over {self.world} ranks "
-                f"(WORLD_SIZE); the batch size is the global batch, each rank gets "
-                f"batch_size / WORLD_SIZE, so choose a multiple of {self.world}"
+                f"task.batch_size={batch_size}: not divisible by the {self.world} ranks "
+                f"(WORLD_SIZE) of {what}; it is the global batch, each rank trains on "
+                f"batch_size / WORLD_SIZE images, so choose a multiple of {self.world}"
             )
         last = 0 if drop_last else n_items % batch_size
         if 0 < last < self.world:
@@ -118,7 +124,7 @@ class Dist:
     def wrap(self, module: nn.Module, sync_batchnorm: bool) -> nn.Module:
         """`module` for training: itself for one process, else DDP (with BatchNorm synchronised
         over ranks when `sync_batchnorm`). Checkpoints keep using `module`, never the wrapper."""
-        if self.world == 1:
+        if not self.joined:
             return module
         if sync_batchnorm:
             convert_batchnorm(module)
@@ -132,11 +138,14 @@ def current() -> Dist:
     """The job as torch.distributed knows it (a single process when no group is initialised)."""
     if not (dist.is_available() and dist.is_initialized()):
         return Dist()
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, joined=True)
 
 
 def wanted(setting: bool | str) -> bool:
-    """Whether this process takes part in a data-parallel job (`trainer.distributed`)."""
+    """Whether this process joins a data-parallel job (`trainer.distributed`): `auto` under
+    torchrun with WORLD_SIZE > 1, `true` under any torchrun (WORLD_SIZE=1 runs the data-parallel
+    code on one device: a smoke test of the backend), `false` never."""
     world = launched_world_size()
     missing = [k for k in TORCHRUN_ENV if k not in os.environ]
     if setting == "auto":
@@ -147,7 +156,7 @@ def wanted(setting: bool | str) -> bool:
                 f"trainer.distributed=true: not launched by torchrun ({', '.join(missing)} "
                 "unset); run `torchrun --nproc_per_node=N -m ppgan ...`"
             )
-        return world > 1
+        return True
     if setting is False or setting == "false":
         if world > 1:
             raise PpganError(

@@ -48,7 +48,7 @@ def run_task(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     if name not in RUNNERS:
         known = sorted([*RUNNERS, "pipeline"])
         raise PpganError(f"task.name={name}: unknown task (choose from {known})")
-    if current().world > 1 and name not in DISTRIBUTED:
+    if current().joined and name not in DISTRIBUTED:
         raise PpganError(
             f"task={name}: runs as one process, not under torchrun (data-parallel tasks: "
             f"{', '.join(DISTRIBUTED)}); under the pipeline, launch each training stage with "
