@@ -32,20 +32,29 @@ REQUIRED_JUDGES = {
 }
 
 
-def train_stream(data: ImageData, batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
+def train_stream(
+    data: ImageData,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    part: Callable[[Tensor], Tensor] | None = None,
+) -> Iterator[dict]:
     """Endless shuffled training batches for one epoch, a function of (seed, epoch) only.
 
     An "epoch" of a GAN loop is `len(train) // batch_size` iterations, each of which draws
     `n_critic + n_gen` batches, so the stream makes as many passes over the data as it needs.
     `batch_size` must not exceed the training split (see `engine.fit_batch_size`): with the last
     incomplete batch dropped, a pass would otherwise yield nothing and the stream never end.
+    `part` keeps one rank's part of each global batch (data-parallel training).
     """
     if batch_size > len(data.indices("train")):
         raise ValueError(f"batch_size={batch_size} exceeds the training split")
     n_pass = 0
     while True:
         gen = epoch_generator(seed, epoch, data.device, stream="train", n_pass=n_pass)
-        yield from data.batches("train", batch_size, shuffle=True, generator=gen, drop_last=True)
+        yield from data.batches(
+            "train", batch_size, shuffle=True, generator=gen, drop_last=True, part=part
+        )
         n_pass += 1
 
 

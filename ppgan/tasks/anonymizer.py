@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ppgan.data import ImageData, load_dataset
 from ppgan.engine import (
@@ -111,7 +111,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             f"model.encoder.identity_dim={m.encoder.identity_dim}: only objective=pp_rid "
             "uses an identity code (use model=vae_gan)"
         )
-    data = load_dataset(cfg.dataset, require_splits=("train", "val")).to(ctx.device)
+    if rid and ctx.dist.world > 1:
+        # Its step calls Encoder.posterior and trains a third player (the adversary): neither
+        # goes through a DistributedDataParallel forward yet.
+        raise PpganError("objective=pp_rid: data-parallel training is not supported yet")
+    with ctx.dist.main_first():  # rank 0 generates the cached synthetic data, if needed
+        data = load_dataset(cfg.dataset, require_splits=("train", "val"))
+    data.to(ctx.device)
     data.require_ids("task=anonymizer")
     required = REQUIRED_JUDGES[obj.variant]
     if rid and obj.loss.get("identity"):
@@ -140,6 +146,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         support = identity_support(data.ids[train], data.dis[train], data.n_ids, data.n_classes)
     select = Selection(patience=0, warmup=task.selection_warmup)
     start = ctx.resume(nets, opts, select)
+    # Generator and critic wrapped separately: each phase all-reduces its own player's gradients.
+    train_enc, train_dec, train_critic = (ctx.wrap(net) for net in (enc, dec, critic))
+    objective, roi_scale = rank_objective(obj, ctx.dist.world)
 
     meta = {
         "variant": obj.variant,
@@ -151,6 +160,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     n_train = len(data.indices("train"))
     batch_size = fit_batch_size(n_train, task.batch_size, "task=anonymizer")
     iters = max(1, n_train // batch_size)
+    ctx.dist.check_batch(batch_size, n_train, "task=anonymizer", drop_last=True)
     log.info(
         "task=anonymizer objective.variant=%s: %d epochs x %d iterations (%d critic + %d gen "
         "steps each) on %s",
@@ -165,7 +175,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         range(start, task.epochs), desc=f"pp_{obj.variant}", initial=start, total=task.epochs
     )
     for epoch in bar:
-        stream = train_stream(data, batch_size, ctx.seed, epoch)
+        ctx.seed_epoch(epoch)
+        stream = train_stream(data, batch_size, ctx.seed, epoch, part=ctx.dist.part)
         refs = None
         if obj.variant == "sir":
             gen = epoch_generator(ctx.seed, epoch, data.device, stream="references")
@@ -176,14 +187,26 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             )
         else:
             step = anonymizer_step(
-                enc, dec, critic, opt_g, opt_c, judges, cfg.objective, refs, ctx.autocast
+                train_enc,
+                train_dec,
+                train_critic,
+                opt_g,
+                opt_c,
+                judges,
+                objective,
+                refs,
+                ctx.autocast,
             )
         sums = run_epoch(step, stream, iters)
+        if roi_scale > 1 and "gen/roi_rec" in sums:
+            sums["gen/roi_rec"] = sums["gen/roi_rec"] * roi_scale
         ctx.log_means(sums, iters, epoch + 1)
-        val = validate(enc, dec, judges, data, cfg, adversary)
+        # Every rank validates; rank 0's numbers decide, so model selection agrees.
+        val = ctx.dist.broadcast(validate(enc, dec, judges, data, cfg, adversary))
         for k, v in val.items():
             ctx.writer.add_scalar(f"val/{k}", v, epoch + 1)
-        if (epoch + 1) % task.sample_every == 0 or epoch + 1 == task.epochs:
+        final = epoch + 1 == task.epochs
+        if ctx.dist.is_main and ((epoch + 1) % task.sample_every == 0 or final):
             save_samples(ctx, enc, dec, fixed, epoch + 1)
         bar.set_postfix(score=f"{val['score']:.3f}", agree=f"{val['disease_agreement']:.2f}")
         improved = select.update((val["score"],), epoch)
@@ -199,6 +222,18 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     metrics = {f"val/{k}": v for k, v in val.items()}
     metrics.update({"best_epoch": best["epoch"], "chance/identity": 1.0 / data.n_ids})
     return ctx.finish(metrics)
+
+
+def rank_objective(obj: DictConfig, world: int) -> tuple[DictConfig, int]:
+    """The objective one of `world` ranks trains with, and the factor of its logged ROI term.
+
+    A sum-reduced ROI term (`objective.roi_rec_reduction=sum`, the paper presets) sums over this
+    rank's shard only, 1/world of the global batch's sum, and DDP averages the ranks' gradients:
+    weighted `world` times it gives one process's gradient (mean-reduced terms need nothing).
+    """
+    if world == 1 or obj.get("roi_rec_reduction", "mean") != "sum":
+        return obj, 1
+    return OmegaConf.merge(obj, {"loss": {"roi_rec": obj.loss.roi_rec * world}}), world
 
 
 @torch.no_grad()
