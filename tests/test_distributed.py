@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from ppgan.config import CONF_DIR
 from ppgan.data import load_dataset
@@ -30,6 +31,7 @@ from ppgan.engine.distributed import (
 from ppgan.errors import PpganError
 from ppgan.gan import train_stream
 from ppgan.tasks import run_task
+from ppgan.tasks.anonymizer import rank_objective
 from tests.conftest import judge_overrides, make_cfg
 from tests.ddp_worker import WORLD, gradient_worker
 
@@ -77,6 +79,17 @@ def test_batches_the_ranks_cannot_split_are_one_line_errors():
         four.check_batch(8, 17, "the training split", drop_last=False)
     four.check_batch(8, 20, "the training split", drop_last=False)  # last batch of 4: one each
     four.check_batch(8, 17, "task=anonymizer", drop_last=True)  # the last batch is dropped
+
+
+def test_a_sum_reduced_roi_term_is_weighted_by_the_number_of_ranks():
+    # A rank's sum covers 1/N of the global batch and DDP averages over N ranks: weight x N.
+    paper = OmegaConf.create({"roi_rec_reduction": "sum", "loss": {"roi_rec": 0.002, "kl": 1.0}})
+    objective, scale = rank_objective(paper, 4)
+    assert (objective.loss.roi_rec, objective.loss.kl, scale) == (0.008, 1.0, 4)
+    assert paper.loss.roi_rec == 0.002  # the run's config is left as it was
+    mean = OmegaConf.create({"roi_rec_reduction": "mean", "loss": {"roi_rec": 5.0}})
+    assert rank_objective(mean, 4) == (mean, 1)
+    assert rank_objective(paper, 1) == (paper, 1)
 
 
 def test_torchrun_environment_decides(monkeypatch):
