@@ -7,11 +7,13 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from ppgan.config import CONF_DIR
 from ppgan.data.hdf5 import load_images
 from ppgan.data.synthetic import SyntheticIrisSpec, generate, synthesize
 from ppgan.errors import PpganError
-from tests.conftest import write_h5
+from tests.conftest import make_cfg, write_h5
 
 
 def test_valid_file_loads(tmp_path, valid_arrays):
@@ -171,3 +173,78 @@ def test_synthetic_spec_validation():
         SyntheticIrisSpec(size=40)
     with pytest.raises(PpganError, match="n_disease_classes"):
         SyntheticIrisSpec(n_disease_classes=1)
+
+
+def test_synthetic_default_spec_keeps_its_cache_name_and_stream():
+    """The options added later (disease_per, masks) leave the default data set as it was: same
+    cache fingerprint (pinned), same labels and splits (a function of the RNG stream)."""
+    assert SyntheticIrisSpec().fingerprint() == "032480bc3e"
+    tiny = SyntheticIrisSpec(n_identities=6, images_per_identity=15, size=32)
+    assert tiny.fingerprint() == "c2f372b84d"
+    explicit = SyntheticIrisSpec(
+        n_identities=6, images_per_identity=15, size=32, disease_per="person", masks=True
+    )
+    assert explicit.fingerprint() == tiny.fingerprint()
+    arrays = generate(tiny)
+    labels = np.concatenate([arrays[k] for k in ("id", "dis", "set")]).tobytes()
+    assert hashlib.sha256(labels).hexdigest()[:16] == "80019b002fbd41f6"
+    for changed in ({"disease_per": "image"}, {"masks": False}):
+        assert SyntheticIrisSpec(**changed).fingerprint() != SyntheticIrisSpec().fingerprint()
+
+
+def _per_image(**kw) -> SyntheticIrisSpec:
+    args = dict(n_identities=6, images_per_identity=15, size=32, channels=1)
+    return SyntheticIrisSpec(**(args | dict(n_disease_classes=3, disease_per="image") | kw))
+
+
+def test_synthetic_per_image_disease_is_balanced_and_independent_of_identity():
+    spec = _per_image(n_identities=8, images_per_identity=30)
+    a = generate(spec)
+    k, ids, dis, sets = 3, a["id"], a["dis"], a["set"]
+    for person in range(spec.n_identities):
+        mine = ids == person
+        assert len(set(dis[mine].tolist())) == k  # varies within a person: every class
+        for code in (0, 1, 2):  # balanced within each split: counts differ by at most one
+            counts = np.bincount(dis[mine & (sets == code)], minlength=k)
+            assert counts.max() - counts.min() <= 1, (person, code, counts)
+    # Independent of identity: every person's class distribution is the same (21 train images
+    # of 3 classes: 7 each), so knowing the disease narrows nobody down.
+    table = np.stack([np.bincount(dis[(ids == p) & (sets == 0)], minlength=k) for p in range(8)])
+    assert (table == 7).all()
+    assert np.bincount(dis, minlength=k).tolist() == [80, 80, 80]
+    # The disease sign still shows per image: diseased pupils are brighter at the centre.
+    images = a["images"].astype(np.float64)
+    centre = images[:, 14:18, 14:18].mean((1, 2))
+    assert centre[dis == 2].mean() > centre[dis == 0].mean() + 60
+
+
+def test_synthetic_per_image_is_deterministic_and_can_omit_masks(tmp_path):
+    spec = _per_image()
+    a, b = generate(spec), generate(spec)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["dis"], generate(_per_image(seed=1))["dis"])
+    assert a["images"].shape == (90, 32, 32) and a["images"].dtype == np.uint8
+    assert a["masks"].shape == (90, 32, 32)
+    bare = generate(_per_image(masks=False))
+    assert "masks" not in bare and set(bare) == {"images", "id", "dis", "set"}
+    assert np.array_equal(bare["images"], a["images"]) and np.array_equal(bare["dis"], a["dis"])
+    data = load_images(synthesize(_per_image(masks=False), tmp_path / "bare.h5"))
+    assert data.shape == (1, 32, 32) and not data.has_masks and data.n_classes == 3
+    big = generate(_per_image(n_identities=3, images_per_identity=3, size=128))
+    assert big["images"].shape == (9, 128, 128) and big["images"].dtype == np.uint8
+
+
+def test_synthetic_per_image_config_composes():
+    cfg = make_cfg("dataset=synthetic_per_image")
+    gen = cfg.dataset.generator
+    assert (gen.channels, gen.n_disease_classes, gen.disease_per, gen.masks) == (
+        1,
+        3,
+        "image",
+        True,
+    )
+    assert gen.size == 32  # debug=tiny shrinks it; the config itself is 128 px
+    assert OmegaConf.load(CONF_DIR / "dataset" / "synthetic_per_image.yaml").generator.size == 128
+    assert len(cfg.dataset.class_names) == 3
+    with pytest.raises(PpganError, match="disease_per"):
+        SyntheticIrisSpec(disease_per="visit")

@@ -14,6 +14,7 @@ from ppgan.metrics.realism import region_psnr, region_ssim
 from ppgan.metrics.retrieval import precision_at_k
 from tests.conftest import judge_overrides
 
+ADAPTIVE = ("resnet", "resnet_aug", "linear", "knn")  # task.adaptive's defaults
 ATTACK = ["task.attack.epochs=15", "task.attack.batch_size=16", "task.n_samples=4"]
 
 
@@ -47,6 +48,10 @@ def test_attacks_report_leakage_on_originals(leak_vs_noise):
     chance = m["chance/identity"]  # 6 identities in debug=tiny
     assert m["original/privacy/unseen_acc"] >= 0.6
     assert m["original/privacy/adaptive_acc"] >= 0.6
+    for attacker in ADAPTIVE:  # every adaptive attacker learns, each with its interval
+        key = f"original/privacy/adaptive_{attacker}_acc"
+        assert m[key] >= 0.6, attacker
+        assert m[key + "_ci_lo"] <= m[key] <= m[key + "_ci_hi"]
     assert m["original/privacy/seen_acc"] >= 0.6
     for space in ("siamese", "unseen"):
         assert m[f"original/privacy/link_{space}_rank1"] >= 0.6
@@ -69,6 +74,8 @@ def test_attacks_report_chance_on_noise(leak_vs_noise):
         "link_unseen_rank1",
     ):
         assert m[f"noise/privacy/{key}"] <= 2.5 * chance + 1e-9, key
+    for attacker in ADAPTIVE:
+        assert m[f"noise/privacy/adaptive_{attacker}_acc"] <= 2.5 * chance + 1e-9, attacker
     assert m["noise/privacy/link_siamese_auc"] == pytest.approx(0.5, abs=0.2)
     assert m["noise/realism/fid"] > m["original/realism/fid"]
     assert m["noise/realism/ssim_roi"] < 0.2
@@ -98,6 +105,15 @@ def test_report_and_artefacts(leak_vs_noise):
     assert m["noise/utility/disease_acc_ci_lo"] < m["noise/utility/disease_acc_ci_hi"]
     assert m["chance/identity"] < m["chance/identity_disease"] <= 1
     assert "## The release as shipped" in text
+    # The adaptive attack is the strongest adaptive attacker; each has its row in the report.
+    for method in ("original", "noise", "prototype"):
+        best = max(m[f"{method}/privacy/adaptive_{a}_acc"] for a in ADAPTIVE)
+        assert m[f"{method}/privacy/adaptive_acc"] == best
+    assert "## Adaptive attackers" in text
+    assert "| method | " + " | ".join(f"{a} ↓" for a in ADAPTIVE) + " |" in text
+    assert {f"adaptive_original_{a}.pt" for a in ADAPTIVE} <= {
+        p.name for p in (out / "attackers").iterdir()
+    }
 
 
 def test_collapse_is_visible(leak_vs_noise):

@@ -8,10 +8,14 @@ The generative model (documented in README.md, "The built-in synthetic iris data
 * **Capture** (drawn per image): pupil dilation (the iris texture stretches with it), small
   rotation, gaze offset, illumination gain and gradient, eyelid occlusion, specular highlight
   position, sensor noise.
-* **Disease** (assigned per person at random, independent of every identity parameter, as glaucoma
-  is per eye in Warsaw-BioBase-Disease-Iris): a clouded pupil whose opacity grows with the class
-  index (class 0 = healthy, clear pupil) and a pale ring at the pupil margin.
-* **ROI mask**: the iris disc (centre and radius known exactly, unlike the paper's Hough circle).
+* **Disease**: a clouded pupil whose opacity grows with the class index (class 0 = healthy, clear
+  pupil) and a pale ring at the pupil margin. `disease_per=person` (default): assigned per person at
+  random, independent of every identity parameter, as glaucoma is per eye in
+  Warsaw-BioBase-Disease-Iris. `disease_per=image`: drawn per image, as a finding on a chest X-ray
+  varies between a patient's visits; every person gets every class in (near) equal numbers within
+  each split, so the disease says nothing about who it is.
+* **ROI mask**: the iris disc (centre and radius known exactly, unlike the paper's Hough circle);
+  `masks=false` writes no `masks` key (data without ROI masks).
 
 Same seed and spec -> byte-identical file.
 """
@@ -39,6 +43,8 @@ class SyntheticIrisSpec:
     channels: int = 3
     n_disease_classes: int = 2
     split: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    disease_per: str = "person"
+    masks: bool = True
 
     def __post_init__(self) -> None:
         if self.size % 16 or not 32 <= self.size <= 256:
@@ -51,9 +57,25 @@ class SyntheticIrisSpec:
             raise PpganError(f"dataset.generator.split={list(self.split)}: 3 ratios summing to 1")
         if self.images_per_identity < 3:
             raise PpganError("dataset.generator.images_per_identity: need >= 3 (one per split)")
+        if self.disease_per not in DISEASE_PER:
+            raise PpganError(
+                f"dataset.generator.disease_per={self.disease_per!r}: choose from {DISEASE_PER}"
+            )
+        if not isinstance(self.masks, bool):
+            raise PpganError(f"dataset.generator.masks={self.masks!r}: must be true or false")
 
     def fingerprint(self) -> str:
-        return sha1(repr(sorted(asdict(self).items())).encode()).hexdigest()[:10]
+        """Names the cached file. Fields added after the first release count only when they
+        differ from their default, so the cache of every earlier spec keeps its name."""
+        fields = {
+            k: v for k, v in asdict(self).items() if k not in LATER_FIELDS or LATER_FIELDS[k] != v
+        }
+        return sha1(repr(sorted(fields.items())).encode()).hexdigest()[:10]
+
+
+DISEASE_PER = ("person", "image")
+# Fields added after the first release, with the default that reproduces the earlier files.
+LATER_FIELDS = {"disease_per": "person", "masks": True}
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
@@ -181,31 +203,52 @@ def _split_codes(n_per_id: int, ratios: tuple[float, float, float], rng: np.rand
     return rng.permutation(codes)
 
 
+def _image_diseases(codes: np.ndarray, n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-image disease of one person's images (`codes`: their splits): within each split the
+    classes are dealt in turn from a random first class, in random order, so every person has
+    every class (as far as the split's size allows) and the counts say nothing about identity."""
+    dis = np.empty(len(codes), dtype=np.int64)
+    for code in np.unique(codes):
+        slots = np.flatnonzero(codes == code)
+        start = rng.integers(n_classes)
+        dis[slots] = rng.permutation((start + np.arange(len(slots))) % n_classes)
+    return dis
+
+
 def generate(spec: SyntheticIrisSpec) -> dict[str, np.ndarray]:
     """All arrays of the data set, in the HDF5 layout (images uint8 (N,H,W,C) or (N,H,W))."""
     rng = np.random.default_rng(spec.seed)
     people = [_identity(rng) for _ in range(spec.n_identities)]
-    # Disease per person, balanced, drawn independently of every appearance parameter.
-    disease = rng.permutation(np.arange(spec.n_identities) % spec.n_disease_classes)
+    n = spec.images_per_identity
+    if spec.disease_per == "person":
+        # Disease per person, balanced, drawn independently of every appearance parameter.
+        disease = rng.permutation(np.arange(spec.n_identities) % spec.n_disease_classes)
     images, masks, ids, dis, sets = [], [], [], [], []
     for pid, person in enumerate(people):
-        sets.append(_split_codes(spec.images_per_identity, spec.split, rng))
-        for _ in range(spec.images_per_identity):
-            img, mask = _render(person, int(disease[pid]), spec.n_disease_classes, spec.size, rng)
+        sets.append(_split_codes(n, spec.split, rng))
+        if spec.disease_per == "person":
+            person_dis = np.full(n, disease[pid])
+        else:  # drawn after the split, so the person-mode stream of draws stays as it was
+            person_dis = _image_diseases(sets[-1], spec.n_disease_classes, rng)
+        for d in person_dis:
+            img, mask = _render(person, int(d), spec.n_disease_classes, spec.size, rng)
             images.append(img)
             masks.append(mask)
             ids.append(pid)
-            dis.append(disease[pid])
+            dis.append(d)
     x = np.stack(images)
     if spec.channels == 1:
         x = x @ np.array([0.299, 0.587, 0.114])
-    return {
+    arrays = {
         "images": np.round(x * 255).astype(np.uint8),
         "masks": np.stack(masks).astype(np.uint8),
         "id": np.array(ids, dtype=np.int64),
         "dis": np.array(dis, dtype=np.int64),
         "set": np.concatenate(sets).astype(np.int64),
     }
+    if not spec.masks:
+        del arrays["masks"]
+    return arrays
 
 
 def write_hdf5(arrays: dict[str, np.ndarray], path: Path) -> Path:
