@@ -17,7 +17,6 @@ from pathlib import Path
 def attack(row: dict, prefix: str, suffix: str) -> float:
     """The strongest attacker whose metric name starts with `prefix` and ends with `suffix`."""
     vals = [v for k, v in row.items() if k.startswith(prefix) and k.endswith(suffix)]
-    vals = [v for v in vals if "_ci_" not in v.__class__.__name__]
     return max(vals) if vals else float("nan")
 
 
