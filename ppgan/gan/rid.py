@@ -26,12 +26,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from ppgan.engine.speed import memory_format_of, to_memory_format
-from ppgan.gan.step import GanStep
-from ppgan.losses.generator import Judges, Objective, random_identity_terms
+from ppgan.gan.step import GanStep, prepare_objective
+from ppgan.losses.generator import Judges, random_identity_terms
 from ppgan.models.vae import reparameterize
 
 
@@ -79,15 +77,7 @@ def random_identity_step(
         id_support: [n_classes, n_ids] 0/1, which identities have training images of each
             disease class (`identity_support`).
     """
-    if isinstance(objective_cfg, DictConfig):
-        objective_cfg = OmegaConf.to_container(objective_cfg, resolve=True)
-    objective = Objective.from_config(objective_cfg)
-    # The frozen judges see the generator's output in the trained networks' memory layout
-    # (`trainer.channels_last`), as in `anonymizer_step`.
-    fmt = memory_format_of(critic)
-    for net in (judges.disease, judges.identity, judges.siamese):
-        if net is not None:
-            to_memory_format(net, fmt)
+    objective_cfg, objective = prepare_objective(objective_cfg, critic, judges)
     n_adversary = int(objective_cfg.get("n_adversary", 1))
     shift = int(objective_cfg.get("adversary_shift", 0))
 

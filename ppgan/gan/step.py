@@ -265,6 +265,21 @@ def run_epoch(step: GanStep, stream: Iterator[dict], iters: int) -> dict[str, Te
     return sums
 
 
+def prepare_objective(
+    objective_cfg: Mapping[str, Any], critic: nn.Module, judges: Judges
+) -> tuple[dict, Objective]:
+    """The objective config as a plain dict and its `Objective`; the frozen judges put in the
+    trained networks' memory layout (`trainer.channels_last`), since they see the generator's
+    output (or every judge convolution would convert its input first)."""
+    if isinstance(objective_cfg, DictConfig):
+        objective_cfg = OmegaConf.to_container(objective_cfg, resolve=True)
+    fmt = memory_format_of(critic)
+    for net in (judges.disease, judges.identity, judges.siamese):
+        if net is not None:
+            to_memory_format(net, fmt)
+    return dict(objective_cfg), Objective.from_config(objective_cfg)
+
+
 def anonymizer_step(
     enc: nn.Module,
     dec: nn.Module,
@@ -281,15 +296,7 @@ def anonymizer_step(
     The critic sees decoded samples z ~ N(mu, sigma^2) of real batches; the generator (encoder and
     decoder) minimises the objective's weighted terms on its own fresh batches.
     """
-    if isinstance(objective_cfg, DictConfig):
-        objective_cfg = OmegaConf.to_container(objective_cfg, resolve=True)
-    objective = Objective.from_config(objective_cfg)
-    # The frozen judges see the generator's output: same memory layout as the trained networks
-    # (`trainer.channels_last`), or every judge convolution would convert its input first.
-    fmt = memory_format_of(critic)
-    for net in (judges.disease, judges.identity, judges.siamese):
-        if net is not None:
-            to_memory_format(net, fmt)
+    objective_cfg, objective = prepare_objective(objective_cfg, critic, judges)
 
     def terms_of(b: dict) -> dict[str, Tensor]:
         mu, logvar = enc(b["images"], b["masks"])
