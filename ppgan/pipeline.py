@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from ppgan.config import compose_config
 from ppgan.engine import RunContext, load_checkpoint
 from ppgan.engine.context import config_changes, training_config
+from ppgan.engine.distributed import current
 from ppgan.errors import PpganError
 from ppgan.tasks import run_task
 
@@ -36,6 +37,11 @@ def run(cfg: DictConfig, out_dir: Path, overrides: list[str] | tuple[str, ...] =
     """Run `cfg`: the pipeline, or one task. `overrides` are the user's command-line overrides
     (what the pipeline passes on to its stages)."""
     if cfg.task.name == "pipeline":
+        if current().joined:
+            raise PpganError(
+                "task=pipeline: runs as one process, not under torchrun; launch its training "
+                "stages (task=disease|identity|siamese|anonymizer|counterfactual) with torchrun"
+            )
         return run_pipeline(cfg, Path(out_dir), list(overrides))
     return run_task(cfg, Path(out_dir))
 

@@ -216,3 +216,50 @@ def test_divergence_stops_clearly_and_keeps_last_good_checkpoint(run, judges, mo
     monkeypatch.undo()
     _, out = run(*[a.replace("task.epochs=2", "task.epochs=1") for a in args], name="div")
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+RID = [*GAN, "model=rid_gan", "objective=pp_rid", "model.encoder.identity_dim=8"]
+
+
+def test_rid_encoder_redraws_only_the_identity_code():
+    from ppgan.models.vae import Encoder
+
+    torch.manual_seed(0)
+    enc = Encoder([3, 32, 32], z_dim=16, units=16, kernel=4, identity_dim=6).eval()
+    x, m = torch.rand(4, 3, 32, 32) * 2 - 1, torch.ones(4, 1, 32, 32)
+    (a, _), (b, _) = enc(x, m), enc(x, m)
+    post, _ = enc.posterior(x, m)
+    assert torch.equal(a[:, :10], post[:, :10]) and torch.equal(b[:, :10], post[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])  # a new person per call...
+    assert not torch.allclose(a[:, 10:], post[:, 10:])  # ...never the image's own code
+    plain = Encoder([3, 32, 32], z_dim=16, units=16, kernel=4).eval()
+    assert torch.equal(plain(x, m)[0], plain.posterior(x, m)[0])
+
+
+def test_rid_trains_its_adversary_and_releases_random_people(run, judges):
+    metrics, out = run(*RID, *judge_overrides(judges), name="rid")
+    for key in ("val/adaptive_acc", "val/disease_agreement", "val/score"):
+        assert metrics[key] == metrics[key]
+    ckpt = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    assert ckpt["variant"] == "rid" and {"encoder", "decoder", "adversary"} <= ckpt.keys()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(out / "tb"))
+    ea.Reload()
+    assert {"adversary/ce", "adversary/acc", "gen/adaptive", "gen/code", "gen/rec"} <= set(
+        ea.Tags()["scalars"]
+    )
+    # Two exports of one checkpoint: the same cases drawn as different people.
+    ckpt_path = out / "checkpoints" / "best.pt"
+    _, e1 = run("task=export", f"task.checkpoint={ckpt_path}", "task.splits=[test]", name="e1")
+    _, e2 = run("task=export", f"task.checkpoint={ckpt_path}", "task.splits=[test]", name="e2")
+    with h5py.File(e1 / "anonymized.h5") as a, h5py.File(e2 / "anonymized.h5") as b:
+        rows_a, rows_b = (np.sort(f["images"][()].reshape(12, -1), axis=0) for f in (a, b))
+        assert (rows_a != rows_b).any()
+
+
+def test_rid_needs_its_model_and_vae_gan_refuses_an_identity_code(run, judges):
+    with pytest.raises(PpganError, match="objective=pp_rid needs an encoder with an identity"):
+        run(*GAN, "objective=pp_rid", *judge_overrides(judges))
+    with pytest.raises(PpganError, match="only objective=pp_rid uses an identity code"):
+        run(*GAN, "model=rid_gan", "objective=pp_mir", *judge_overrides(judges))

@@ -210,3 +210,23 @@ def test_region_metrics_and_precision_known_answers():
     assert float(region_ssim(a, a, left)) == pytest.approx(1.0)
     q, base = torch.tensor([[0.0], [10.0]]), torch.tensor([[0.1], [0.2], [9.9], [10.1]])
     assert precision_at_k(q, torch.tensor([0, 1]), base, torch.tensor([0, 0, 1, 0]), 2) == 0.75
+
+
+def test_link_auc_given_disease_does_not_reward_kept_disease():
+    """A release that keeps only the disease (distance 0 within a class, 1 across) looks linkable
+    by the plain AUC when disease is a trait of the person; over same-disease pairs it is 0.5."""
+    from omegaconf import OmegaConf
+
+    from ppgan.tasks.evaluate import Scores
+
+    ids = torch.arange(8)  # one query per identity
+    train_ids = torch.arange(8).repeat_interleave(3)
+    person_dis = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    dis, train_dis = person_dis[ids], person_dis[train_ids]
+    d = (dis[:, None] != train_dis[None, :]).float()
+    same = ids[:, None] == train_ids[None, :]
+    m = Scores(OmegaConf.create({"n": 200, "seed": 0}))
+    m.auc("plain", d, same)
+    m.auc("given", d, same, dis[:, None] == train_dis[None, :])
+    assert m["plain"] > 0.7 and m["given"] == pytest.approx(0.5)
+    assert m["given_ci_lo"] <= 0.5 <= m["given_ci_hi"]

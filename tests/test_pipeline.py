@@ -23,17 +23,18 @@ def test_pipeline_runs_every_stage_and_resumes(run):
         "identity",
         "siamese",
         "pp_mir",
-        "pp_sir",
+        "pp_rid",
         "export_pp_mir",
-        "export_pp_sir",
-        "cf_pp_mir",
-        "cf_pp_sir",
+        "export_pp_rid",
+        "cf_pp_rid",
         "evaluate",
         "explain",
     ]
     for stage in stages:
         assert (out / stage / "metrics.json").exists(), stage
-    for stage in ("disease", "identity", "siamese", "pp_mir", "pp_sir", "cf_pp_mir", "cf_pp_sir"):
+    for stage in ("pp_sir", "export_pp_sir", "cf_pp_sir", "cf_pp_mir"):  # skipped by default
+        assert not (out / stage).exists(), stage
+    for stage in ("disease", "identity", "siamese", "pp_mir", "pp_rid", "cf_pp_rid"):
         cfg = OmegaConf.load(out / stage / ".hydra" / "config.yaml")
         assert cfg.optimizer.lr == 0.00123, stage
         if stage.startswith(("pp_", "cf_")):
@@ -41,9 +42,9 @@ def test_pipeline_runs_every_stage_and_resumes(run):
         ckpt = torch.load(out / stage / "checkpoints" / "last.pt", weights_only=True)
         assert ckpt["train_config"]["optimizer.lr"] == 0.00123, stage  # what training used
     report = (out / "evaluate" / "report.md").read_text()
-    for row in ("original", "blur", "pixelate", "ksame", "pp_mir", "pp_sir", "pp_mir_cf"):
+    for row in ("original", "blur", "pixelate", "ksame", "pp_mir", "pp_rid", "pp_rid_cf"):
         assert f"| {row} |" in report
-    assert "pp_mir/privacy_score" in metrics and (out / "metrics.json").exists()
+    assert "pp_rid/privacy_score" in metrics and (out / "metrics.json").exists()
     assert len(list((out / "explain" / "panels").glob("*.png"))) == 4
     # Every stage is done: a re-run changes nothing and gives the same metrics.
     stamps = {s: (out / s / "metrics.json").stat().st_mtime for s in stages}
@@ -56,11 +57,10 @@ def test_pipeline_runs_every_stage_and_resumes(run):
 
 
 def test_pipeline_skips_stages_and_their_inputs(run):
-    metrics, out = run(
-        "task=pipeline", "task.skip=[pp_sir,export_pp_sir,cf_pp_sir,explain]", name="partial"
-    )
-    assert not (out / "pp_sir").exists()
-    assert "pp_mir/privacy_score" in metrics and "pp_sir/privacy_score" not in metrics
+    skip = "[pp_sir,export_pp_sir,cf_pp_sir,pp_rid,export_pp_rid,cf_pp_rid,cf_pp_mir,explain]"
+    metrics, out = run("task=pipeline", f"task.skip={skip}", name="partial")
+    assert not (out / "pp_rid").exists()
+    assert "pp_mir/privacy_score" in metrics and "pp_rid/privacy_score" not in metrics
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -82,7 +81,7 @@ def test_no_import_cycle():
             visit(name, [name])
 
 
-def test_benchmark_and_both_loops_call_the_same_step(monkeypatch, tmp_path, judges, data_dir):
+def test_both_loops_call_the_same_step(monkeypatch, tmp_path, judges, data_dir):
     callers = []
     real_call = GanStep.__call__
 
@@ -105,11 +104,4 @@ def test_benchmark_and_both_loops_call_the_same_step(monkeypatch, tmp_path, judg
     cf = ["task=counterfactual", f"task.checkpoint={gan}", "task.epochs=1"]
     run_task(make_cfg(*base, *cf), tmp_path / "cf")
     assert set(callers) == {"gen", "cf"}
-    spec = importlib.util.spec_from_file_location(
-        "bench", ROOT / "experiments" / "bench_gan_step.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    n = len(callers)
-    row = bench.bench(["objective=pp_mir", *small[2:]], "cpu", False, iters=2, batch=4)
-    assert len(callers) == n + 5 and row["ms_per_iter"] > 0  # 3 warm-up + 2 timed iterations
+    # The benchmark's side (it times this same GanStep.__call__): tests/test_speed.py.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,6 +210,23 @@ class ImageData:
             out["id"] = self.ids[idx]
         return out
 
+    def index_batches(
+        self,
+        split: str | Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> Iterator[Tensor]:
+        """The indices of each batch of a split (or of explicit indices), in batch order."""
+        idx = self.indices(split) if isinstance(split, str) else split
+        if shuffle:
+            perm = torch.randperm(len(idx), generator=generator, device=generator.device)
+            idx = idx[perm.to(idx.device)]
+        stop = len(idx) - batch_size + 1 if drop_last else len(idx)
+        for start in range(0, max(stop, 0), batch_size):
+            yield idx[start : start + batch_size]
+
     def batches(
         self,
         split: str | Tensor,
@@ -217,15 +234,16 @@ class ImageData:
         shuffle: bool = False,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        part: Callable[[Tensor], Tensor] | None = None,
     ) -> Iterator[dict[str, Tensor]]:
-        """Iterate over a split (or explicit indices) in batches."""
-        idx = self.indices(split) if isinstance(split, str) else split
-        if shuffle:
-            perm = torch.randperm(len(idx), generator=generator, device=generator.device)
-            idx = idx[perm.to(idx.device)]
-        stop = len(idx) - batch_size + 1 if drop_last else len(idx)
-        for start in range(0, max(stop, 0), batch_size):
-            yield self.batch(idx[start : start + batch_size])
+        """Iterate over a split (or explicit indices) in batches.
+
+        Args:
+            part: maps a batch's indices to those this process loads, e.g. one rank's part of
+                the global batch in data-parallel training (`ppgan.engine.distributed`).
+        """
+        for idx in self.index_batches(split, batch_size, shuffle, generator, drop_last):
+            yield self.batch(idx if part is None else part(idx))
 
     def split_tensors(self, split: str) -> dict[str, Tensor]:
         """A whole split at once (only for splits that fit in memory, e.g. evaluation sets)."""

@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from ppgan.engine import distributed
 from ppgan.engine.checkpoint import load_checkpoint, save_checkpoint
+from ppgan.engine.speed import Speed
 from ppgan.errors import PpganError
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,16 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError as exc:
         raise PpganError(f"trainer.device={name}: {exc}") from exc
+
+
+def rank_device(name: str, local_rank: int) -> torch.device:
+    """A torchrun rank's GPU: cuda:LOCAL_RANK (one process per device)."""
+    if name not in ("auto", "cuda"):
+        raise PpganError(
+            f"trainer.device={name}: under torchrun each rank uses cuda:LOCAL_RANK; "
+            "set trainer.device=cuda or auto (CUDA_VISIBLE_DEVICES picks the GPUs)"
+        )
+    return torch.device("cuda", local_rank)
 
 
 def seed_everything(seed: int) -> None:
@@ -165,47 +177,85 @@ def flatten_groups(cfg: DictConfig, groups: tuple[str, ...]) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
+class _NullWriter:
+    """What ranks other than 0 get for TensorBoard: every call does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 class RunContext:
-    """Everything a task's loop needs from its surroundings, bound to one Hydra run dir."""
+    """Everything a task's loop needs from its surroundings, bound to one Hydra run dir.
+
+    Under torchrun (`ppgan.engine.distributed`) rank 0 alone writes: run dir, TensorBoard,
+    checkpoints, metrics.json; every rank reads the checkpoints and returns the same metrics.
+    """
 
     def __init__(self, cfg: DictConfig, out_dir: Path):
         self.cfg = cfg
+        self.dist = distributed.current()
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(cfg.trainer.device)
+        if self.dist.joined and self.device.type == "cuda":
+            self.device = rank_device(cfg.trainer.device, self.dist.local_rank)
         self.seed = int(cfg.seed)
         if self.seed < 0:
             raise PpganError(f"seed={self.seed}: must be >= 0")
         seed_everything(self.seed)
         self.ckpt_dir = self.out_dir / "checkpoints"
-        amp = bool(cfg.trainer.amp) and self.device.type == "cuda"
-        self.amp_dtype = getattr(torch, cfg.trainer.amp_dtype) if amp else None
+        # The trainer's speed switches (autocast, channels_last, cuDNN/TF32 flags, fused Adam,
+        # compile): the backend flags now, the rest on the networks in `resume`.
+        self.speed = Speed.from_config(cfg.trainer, self.device)
+        self.speed.apply_backends()
+        self.amp_dtype = self.speed.amp_dtype
         self._writer: SummaryWriter | None = None
         self.train_config = training_config(cfg)
 
     @property
     def writer(self) -> SummaryWriter:
+        if not self.dist.is_main:
+            return _NullWriter()
         if self._writer is None:
             self._writer = SummaryWriter(str(self.out_dir / "tb"))
         return self._writer
 
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module to train: itself, or under torchrun its DistributedDataParallel wrapper
+        (`trainer.sync_batchnorm`: BatchNorm statistics of the global batch)."""
+        return self.dist.wrap(module, bool(self.cfg.trainer.get("sync_batchnorm", True)))
+
+    def seed_epoch(self, epoch: int) -> None:
+        """Under torchrun, seed this rank's global RNG (dropout, latent samples, penalty
+        interpolation) from (seed, epoch, rank): ranks draw independent noise, and a resumed
+        run draws what an uninterrupted one would have drawn. One process keeps its single
+        stream (restored from last.pt on resume)."""
+        if self.dist.joined:
+            ss = np.random.SeedSequence([self.seed, _stream_id("rank"), epoch, self.dist.rank])
+            state = ss.generate_state(2)
+            torch.manual_seed(int(state[0]) << 32 | int(state[1]))
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed precision on CUDA when `trainer.amp=true` (bf16 by default: no loss scaler)."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        """Mixed precision when `trainer.amp=true`, on CUDA or the CPU (bf16 by default: no loss
+        scaler)."""
+        return self.speed.autocast()
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A loss scaler, active only for fp16 autocast (bf16 keeps fp32's exponent range)."""
-        return torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def progress(self, iterable: Iterable, **kwargs: Any) -> Iterator:
         """A tqdm bar on a terminal, silent when stderr is not a TTY (logs, CI, multirun)."""
-        return tqdm(iterable, disable=None, dynamic_ncols=True, leave=False, **kwargs)
+        disable = None if self.dist.is_main else True
+        return tqdm(iterable, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
 
     def save(self, name: str, payload: dict[str, Any]) -> Path:
+        """Write a checkpoint (rank 0); when this returns, every rank can read it."""
         path = self.ckpt_dir / f"{name}.pt"
-        save_checkpoint(path, payload)
+        if self.dist.is_main:
+            save_checkpoint(path, payload)
+        self.dist.barrier()
         return path
 
     def resume_state(self) -> dict[str, Any] | None:
@@ -219,24 +269,30 @@ class RunContext:
 
     def log_means(self, sums: dict[str, torch.Tensor], count: int, step: int) -> None:
         """Write on-device sums as means to TensorBoard (one host read per tag and epoch); a
-        non-finite sum stops the run (see `require_finite`)."""
+        non-finite sum stops the run (see `require_finite`). Under torchrun the sums are of
+        per-rank means over equal shards: their mean over ranks is the global batch's."""
+        sums = self.dist.mean(sums)
         for tag, value in sums.items():
             require_finite(value, tag)
         for tag, value in sums.items():
             self.writer.add_scalar(tag, float(value) / count, step)
 
     def resume(self, nets: dict, opts: dict, select: Selection) -> int:
-        """Restore networks, optimizers, selection state and RNGs from `last.pt` of this run dir.
+        """Restore networks, optimizers, selection state and RNGs from `last.pt` of this run dir,
+        then apply the trainer's speed switches to them (`Speed.prepare`): every training loop
+        calls this once, after building its networks and optimizers and before training.
 
         Returns:
             The epoch to start from (0 for a fresh run).
         """
-        if (ckpt := self.resume_state()) is None:
-            return 0
-        self.check_same_config(ckpt)
-        restore(ckpt, nets, opts)
-        select.load_state_dict(ckpt["selection"])
-        return ckpt["epoch"]
+        start = 0
+        if (ckpt := self.resume_state()) is not None:
+            self.check_same_config(ckpt)
+            restore(ckpt, nets, opts)
+            select.load_state_dict(ckpt["selection"])
+            start = ckpt["epoch"]
+        self.speed.prepare({name: net for name, (net, _) in nets.items()}, opts.values())
+        return start
 
     def check_same_config(self, ckpt: dict[str, Any]) -> None:
         """Refuse to resume a run dir whose training config differs from this run's."""
@@ -269,8 +325,11 @@ class RunContext:
         self.save("last", payload)
 
     def finish(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Write metrics.json and the HParams entry, close TensorBoard; returns the metrics."""
-        metrics = {k: float(v) for k, v in metrics.items()}
+        """Write metrics.json and the HParams entry, close TensorBoard; returns the metrics
+        (rank 0's on every rank)."""
+        metrics = self.dist.broadcast({k: float(v) for k, v in metrics.items()})
+        if not self.dist.is_main:
+            return metrics
         if bad := [k for k, v in metrics.items() if not np.isfinite(v)]:
             log.warning("non-finite final metrics: %s", bad)
         write_json(self.out_dir / "metrics.json", metrics)

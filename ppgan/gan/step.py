@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,30 +17,44 @@ from torch import Tensor, nn
 
 from ppgan.data import ImageData
 from ppgan.engine.context import epoch_generator
+from ppgan.engine.speed import memory_format_of, to_memory_format
 from ppgan.errors import PpganError
-from ppgan.losses.adversarial import critic_terms
+from ppgan.losses.adversarial import gradient_penalty
 from ppgan.losses.combine import weighted_sum
 from ppgan.losses.generator import Judges, Objective, generator_terms
 from ppgan.models.vae import reparameterize
 
 # The frozen judges each objective variant cannot do without.
-REQUIRED_JUDGES = {"mir": ("disease", "identity"), "sir": ("disease", "siamese")}
+REQUIRED_JUDGES = {
+    "mir": ("disease", "identity"),
+    "sir": ("disease", "siamese"),
+    "rid": ("disease",),
+}
 
 
-def train_stream(data: ImageData, batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
+def train_stream(
+    data: ImageData,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    part: Callable[[Tensor], Tensor] | None = None,
+) -> Iterator[dict]:
     """Endless shuffled training batches for one epoch, a function of (seed, epoch) only.
 
     An "epoch" of a GAN loop is `len(train) // batch_size` iterations, each of which draws
     `n_critic + n_gen` batches, so the stream makes as many passes over the data as it needs.
     `batch_size` must not exceed the training split (see `engine.fit_batch_size`): with the last
     incomplete batch dropped, a pass would otherwise yield nothing and the stream never end.
+    `part` keeps one rank's part of each global batch (data-parallel training).
     """
     if batch_size > len(data.indices("train")):
         raise ValueError(f"batch_size={batch_size} exceeds the training split")
     n_pass = 0
     while True:
         gen = epoch_generator(seed, epoch, data.device, stream="train", n_pass=n_pass)
-        yield from data.batches("train", batch_size, shuffle=True, generator=gen, drop_last=True)
+        yield from data.batches(
+            "train", batch_size, shuffle=True, generator=gen, drop_last=True, part=part
+        )
         n_pass += 1
 
 
@@ -68,6 +82,36 @@ def reference_embeddings(
         return torch.cat([siamese(b["images"]) for b in data.batches(pick, bs)]).float()
 
 
+# How the critic phase updates the critic: `combined` = one step on the WGAN-GP loss (ppgan, and
+# Gulrajani et al.); `separate` = the original code's three optimizer steps per round, on the real
+# batch, the fake batch and the penalty (README, "Deviations"), kept only as the benchmark's
+# reference: experiments/bench_gan_step.py times ppgan against that structure.
+CRITIC_UPDATES = ("combined", "separate")
+
+
+def has_batch_coupling(net: nn.Module) -> bool:
+    """Whether a sample's output depends on the rest of its batch (batch statistics)."""
+    return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in net.modules())
+
+
+def critic_scores(
+    critic: nn.Module, real: Tensor, fake: Tensor, one_forward: bool | None = None
+) -> tuple[Tensor, Tensor]:
+    """critic(real), critic(fake) [N] each.
+
+    `one_forward` (default: on CUDA) scores both batches in one forward over cat(real, fake):
+    fewer, larger kernels, and the same function where the critic has no batch statistics
+    (dropout draws from the same distribution). On the CPU it measured no faster, and two forwards
+    keep the CPU's numbers bit for bit (tests/test_pinned_losses.py).
+    """
+    if one_forward is None:
+        one_forward = real.is_cuda
+    if one_forward and not has_batch_coupling(critic):
+        return critic(torch.cat([real, fake])).split([len(real), len(fake)])
+    d_fake = critic(fake)  # fake first: the order the random draws (dropout) were pinned in
+    return critic(real), d_fake
+
+
 def critic_phase(
     critic: nn.Module,
     opt_c: torch.optim.Optimizer,
@@ -76,26 +120,70 @@ def critic_phase(
     n_steps: int,
     gp_weight: float,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    gp_every: int = 1,
+    first_step: int = 0,
+    updates: str = "combined",
 ) -> dict[str, Tensor]:
     """`n_steps` critic steps on the combined WGAN-GP loss, each on a fresh real batch, the fake
     batch made by `fake_of(batch)` under no_grad. Leaves the critic frozen for the generator phase.
 
+    Lazy regularisation (Karras et al. 2020, StyleGAN2): with `gp_every` = k > 1 the penalty is
+    computed only on critic steps whose index (counted from `first_step`) is a multiple of k, with
+    weight k·λ, so its expected weight per step stays λ; k = 1 is the paper's WGAN-GP.
+
     Returns:
-        The last step's terms (`wasserstein`, `gp`, `loss`), for logging.
+        The last step's terms (`wasserstein`, `loss`) and the phase's latest `gp`, if any.
     """
+    if updates not in CRITIC_UPDATES:
+        raise ValueError(f"critic updates {updates!r}: choose from {CRITIC_UPDATES}")
     critic.requires_grad_(True)
-    for _ in range(n_steps):
+    gp = None
+    for i in range(n_steps):
         b = next(stream)
         with torch.no_grad(), autocast():
             fake = fake_of(b)
+        real, fake = b["images"], fake.float()
+        if updates == "separate":
+            terms = _separate_updates(critic, opt_c, real, fake, gp_weight, autocast)
+            continue
+        with_gp = (first_step + i) % gp_every == 0
         with autocast():
-            terms = critic_terms(critic, b["images"], fake.float())
-        terms["loss"] = terms["wasserstein"] + gp_weight * terms["gp"]
+            d_real, d_fake = critic_scores(critic, real, fake)
+            terms = {"wasserstein": d_fake.mean() - d_real.mean()}
+            if with_gp:
+                gp = gradient_penalty(critic, real, fake)
+        terms["loss"] = terms["wasserstein"]
+        if with_gp:
+            terms["loss"] = terms["loss"] + gp_every * gp_weight * gp
         opt_c.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt_c.step()
     critic.requires_grad_(False)  # the generator's gradients must not train the critic
+    if gp is not None and updates == "combined":
+        terms["gp"] = gp  # the phase's latest penalty (a lazy one may skip the last step)
     return terms
+
+
+def _separate_updates(critic, opt_c, real, fake, gp_weight, autocast) -> dict[str, Tensor]:
+    """The original code's critic round: three optimizer steps, on −E[D(real)], on E[D(fake)]
+    and on λ·penalty, each with the critic as the previous step left it."""
+
+    def update(loss: Tensor) -> None:
+        opt_c.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_c.step()
+
+    with autocast():
+        d_real = critic(real).mean()
+    update(-d_real)
+    with autocast():
+        d_fake = critic(fake).mean()
+    update(d_fake)
+    with autocast():
+        gp = gradient_penalty(critic, real, fake)
+    update(gp_weight * gp)
+    wasserstein = (d_fake - d_real).detach()
+    return {"wasserstein": wasserstein, "gp": gp.detach(), "loss": wasserstein + gp_weight * gp}
 
 
 @dataclass
@@ -107,6 +195,8 @@ class GanStep:
         terms_of: batch -> the generator's named loss terms (called under autocast), combined
             with `weights` (a term without a weight is an error, see `weighted_sum`).
         prefix: TensorBoard prefix of the generator's terms (`gen`, `cf`).
+        adversary: optional batch -> terms; one update of an in-loop adversary (PP-RID's
+            adaptive identity attacker), run between the critic and the generator phases.
     """
 
     critic: nn.Module
@@ -120,9 +210,14 @@ class GanStep:
     gp_weight: float
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     prefix: str = "gen"
+    adversary: Callable[[dict], dict[str, Tensor]] | None = None
+    gp_every: int = 1
+    critic_updates: str = "combined"  # `separate`: the original's structure (benchmark reference)
+    critic_steps: int = field(default=0, init=False)  # counts critic steps for `gp_every`
+    last_gp: Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("n_critic", "n_gen"):
+        for name in ("n_critic", "n_gen", "gp_every"):
             if int(getattr(self, name)) < 1:
                 raise PpganError(f"objective.{name}={getattr(self, name)}: must be >= 1")
 
@@ -136,7 +231,15 @@ class GanStep:
             self.n_critic,
             self.gp_weight,
             self.autocast,
+            gp_every=self.gp_every,
+            first_step=self.critic_steps,
+            updates=self.critic_updates,
         )
+        self.critic_steps += self.n_critic
+        # With a lazy penalty the last critic step may have skipped it: log the latest value.
+        self.last_gp = terms_c.get("gp", self.last_gp)
+        terms_c["gp"] = self.last_gp
+        terms_a = self.adversary(next(stream)) if self.adversary is not None else {}
         for _ in range(self.n_gen):
             b = next(stream)
             with self.autocast():
@@ -146,6 +249,7 @@ class GanStep:
             loss_g.backward()
             self.opt_g.step()
         logged = {f"critic/{k}": v for k, v in terms_c.items()}
+        logged |= {f"adversary/{k}": v for k, v in terms_a.items()}
         logged |= {f"{self.prefix}/{k}": v for k, v in terms_g.items()}
         logged[f"{self.prefix}/total"] = loss_g
         return {k: v.detach().float() for k, v in logged.items()}
@@ -159,6 +263,21 @@ def run_epoch(step: GanStep, stream: Iterator[dict], iters: int) -> dict[str, Te
         for k, v in step(stream).items():
             sums[k] = sums.get(k, 0) + v
     return sums
+
+
+def prepare_objective(
+    objective_cfg: Mapping[str, Any], critic: nn.Module, judges: Judges
+) -> tuple[dict, Objective]:
+    """The objective config as a plain dict and its `Objective`; the frozen judges put in the
+    trained networks' memory layout (`trainer.channels_last`), since they see the generator's
+    output (or every judge convolution would convert its input first)."""
+    if isinstance(objective_cfg, DictConfig):
+        objective_cfg = OmegaConf.to_container(objective_cfg, resolve=True)
+    fmt = memory_format_of(critic)
+    for net in (judges.disease, judges.identity, judges.siamese):
+        if net is not None:
+            to_memory_format(net, fmt)
+    return dict(objective_cfg), Objective.from_config(objective_cfg)
 
 
 def anonymizer_step(
@@ -177,9 +296,7 @@ def anonymizer_step(
     The critic sees decoded samples z ~ N(mu, sigma^2) of real batches; the generator (encoder and
     decoder) minimises the objective's weighted terms on its own fresh batches.
     """
-    if isinstance(objective_cfg, DictConfig):
-        objective_cfg = OmegaConf.to_container(objective_cfg, resolve=True)
-    objective = Objective.from_config(objective_cfg)
+    objective_cfg, objective = prepare_objective(objective_cfg, critic, judges)
 
     def terms_of(b: dict) -> dict[str, Tensor]:
         mu, logvar = enc(b["images"], b["masks"])
@@ -199,4 +316,5 @@ def anonymizer_step(
         n_gen=int(objective_cfg["n_gen"]),
         gp_weight=float(objective_cfg["gp_weight"]),
         autocast=autocast,
+        gp_every=int(objective_cfg.get("gp_every", 1)),
     )

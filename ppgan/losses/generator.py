@@ -129,3 +129,66 @@ def generator_terms(
         )
     )
     return terms
+
+
+def random_identity_terms(
+    real: Tensor,
+    mask: Tensor,
+    recon: Tensor,
+    fake: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    code: Tensor,
+    code_of_fake: Tensor | None,
+    critic: nn.Module,
+    judges: Judges,
+    adversary: nn.Module,
+    objective: Objective,
+    id_support: Tensor,
+) -> dict[str, Tensor]:
+    """PP-RID's generator terms (README, "PP-RID"), unweighted; zero-weight terms are skipped.
+
+    Args:
+        recon: the decoding of the image's own posterior sample (identity code included).
+        fake: the release image, decoded from the content and a prior draw `code`.
+        code_of_fake: the encoder's identity code of `fake` (for the `code` term), or None.
+        adversary: the identity classifier trained *during* GAN training on the release images
+            (the adaptive attacker inside the loop); its parameters are not updated here.
+        id_support: [N, n_ids] 0/1, the identities each image's release may be mistaken for:
+            those with training images of the same disease class. The release shows the disease,
+            so the best an anonymizer can do is `chance | disease` -- uniform over this set;
+            asking for uniform over *all* identities would ask it to hide the diagnosis too.
+
+    Terms: `kl` (both parts to N(0, I)), `rec` (whole-image reconstruction from the posterior:
+    keeps the autoencoder realistic and teaches the decoder to render an identity from the code),
+    `adv` (WGAN realism of the release image), `disease` (the frozen disease network's decision
+    kept), `identity` (frozen identity classifier pushed to uniform, as PP-MIR), `adaptive` (the
+    in-loop adversary pushed to uniform), `roi_rec` (release image vs original inside the ROI),
+    `code` (the identity code is recoverable from the release image, so the decoder cannot ignore
+    it: distinct draws give distinct people).
+    """
+    w = objective.weights
+    terms: dict[str, Tensor] = {}
+    if w.get("kl"):
+        terms["kl"] = kl_divergence(mu.float(), logvar.float())
+    if w.get("rec"):
+        terms["rec"] = (real - recon).float().pow(2).mean()
+    if w.get("adv"):
+        terms["adv"] = generator_adversarial(critic, fake)
+    if w.get("disease"):
+        with torch.no_grad():
+            logits_real = judges.disease(real)
+        terms["disease"] = disease_preservation(logits_real, judges.disease(fake))
+    if w.get("identity") or w.get("adaptive"):
+        target = jittered_uniform(len(fake), id_support.shape[1], objective.jitter, fake.device)
+        target = target * id_support
+        target = target / target.sum(1, keepdim=True)
+    if w.get("identity"):
+        terms["identity"] = soft_cross_entropy(target, judges.identity(fake))
+    if w.get("adaptive"):
+        terms["adaptive"] = soft_cross_entropy(target, adversary(fake))
+    if w.get("roi_rec"):
+        terms["roi_rec"] = roi_reconstruction(real, fake, mask, objective.roi_rec_reduction)
+    if w.get("code") and code_of_fake is not None:
+        terms["code"] = (code_of_fake.float() - code.float()).pow(2).mean()
+    return terms

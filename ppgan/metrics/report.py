@@ -19,6 +19,7 @@ COLUMNS = [
     ("privacy/link_siamese_rank1", "link rank-1 (siamese) ↓", "privacy"),
     ("privacy/link_unseen_rank1", "link rank-1 (unseen feat.) ↓", "privacy"),
     ("privacy/link_siamese_auc", "link AUC (siamese) ↓", "privacy"),
+    ("privacy/link_siamese_auc_same_disease", "link AUC ∣ disease (siamese) ↓", "privacy"),
     ("privacy/worst_ratio", "worst attack / chance∣disease ↓", "privacy"),
     ("utility/disease_acc", "disease acc ↑", "utility"),
     ("utility/indep_acc", "indep. disease acc ↑", "utility"),
@@ -156,6 +157,7 @@ def write_report(
     chance_row |= {
         "privacy/unseen_top5": chance["identity_top5"],
         "privacy/link_siamese_auc": 0.5,
+        "privacy/link_siamese_auc_same_disease": 0.5,
         "utility/disease_acc": chance["disease"],
         "utility/indep_acc": chance["disease"],
     }

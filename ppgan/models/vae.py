@@ -50,8 +50,17 @@ def _branch(
 class Encoder(nn.Module):
     """Image branch and ROI-mask branch, concatenated -> (mu, logvar) of the latent Gaussian.
 
+    With `identity_dim > 0` (PP-RID, README "PP-RID"), the last `identity_dim` latent dimensions
+    are the *identity code*: `posterior` returns the image's own (what training reconstructs
+    from), while `forward` -- what export, evaluation, counterfactuals and explanations call --
+    replaces it by a fresh draw from the prior N(0, I) for every image, so that two images of
+    one person are rendered as two unrelated people. With `identity_dim = 0` (PP-MIR, PP-SIR)
+    `forward` is the posterior.
+
     Args:
         in_shape: image shape (C, H, W); the mask is 1 x H x W.
+        z_dim: the whole latent, identity code included.
+        identity_dim: size of the identity code (0: none).
         bn_momentum: PyTorch convention (Keras' momentum 0.8 is PyTorch's 0.2).
     """
 
@@ -63,8 +72,12 @@ class Encoder(nn.Module):
         kernel: int = 8,
         dropout: float = 0.2,
         bn_momentum: float = 0.2,
+        identity_dim: int = 0,
     ):
         super().__init__()
+        if not 0 <= identity_dim < z_dim:
+            raise ValueError(f"model.encoder.identity_dim={identity_dim}: must be in [0, z_dim)")
+        self.identity_dim = identity_dim
         c, h, w = in_shape
         self.image_branch = _branch(c, units, kernel, dropout, bn_momentum)
         self.mask_branch = _branch(1, units, kernel, dropout, bn_momentum)
@@ -73,10 +86,24 @@ class Encoder(nn.Module):
         self.logvar = nn.Linear(flat, z_dim)
         init_normal(self)
 
-    def forward(self, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        # [N, C, H, W], [N, 1, H, W] -> 2 x [N, z_dim]
+    def posterior(self, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z | image, mask): [N, C, H, W], [N, 1, H, W] -> (mu, logvar), each [N, z_dim]."""
         h = torch.cat([self.image_branch(image), self.mask_branch(mask)], 1)
         return self.mu(h), self.logvar(h)
+
+    def forward(self, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The release latent: the posterior, its identity code (if any) redrawn from N(0, I)."""
+        mu, logvar = self.posterior(image, mask)
+        if not self.identity_dim:
+            return mu, logvar
+        k = mu.shape[1] - self.identity_dim
+        noise = torch.randn_like(mu[:, k:])
+        return torch.cat([mu[:, :k], noise], 1), torch.cat([logvar[:, :k], noise * 0], 1)
+
+    def split(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(content, identity code) parts of a latent [N, z_dim]."""
+        k = z.shape[1] - self.identity_dim
+        return z[:, :k], z[:, k:]
 
 
 class Decoder(nn.Module):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ppgan.engine.distributed import current
 from ppgan.errors import PpganError
 from ppgan.tasks import (
     anonymizer,
@@ -36,10 +37,21 @@ RUNNERS: dict[str, Runner] = {
 }
 
 
+# The loops that train data-parallel under torchrun (ppgan.engine.distributed); the other tasks
+# run as one process.
+DISTRIBUTED = ("disease", "identity", "siamese", "anonymizer", "counterfactual")
+
+
 def run_task(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     """Dispatch to the loop that `cfg.task.name` selects."""
     name = cfg.task.name
     if name not in RUNNERS:
         known = sorted([*RUNNERS, "pipeline"])
         raise PpganError(f"task.name={name}: unknown task (choose from {known})")
+    if current().joined and name not in DISTRIBUTED:
+        raise PpganError(
+            f"task={name}: runs as one process, not under torchrun (data-parallel tasks: "
+            f"{', '.join(DISTRIBUTED)}); under the pipeline, launch each training stage with "
+            "torchrun on its own"
+        )
     return RUNNERS[name](cfg, Path(out_dir))

@@ -1,8 +1,10 @@
-"""Task `anonymizer`: train the privacy-preserving VAE-GAN, PP-MIR or PP-SIR (paper, Sec. III).
+"""Task `anonymizer`: train the privacy-preserving VAE-GAN: PP-MIR or PP-SIR (paper, Sec. III),
+or PP-RID (random identity per image, against an in-loop adaptive attacker; `ppgan.gan.rid`).
 
 Per iteration (`ppgan.gan.GanStep`): `objective.n_critic` critic steps on the combined WGAN-GP loss
-with the fake batch generated under no_grad, then `objective.n_gen` generator (encoder + decoder)
-steps with the critic frozen. The disease, identity and siamese networks are pre-trained and frozen.
+with the fake batch generated under no_grad, (PP-RID: updates of the in-loop identity adversary,)
+then `objective.n_gen` generator (encoder + decoder) steps with the critic frozen. The disease,
+identity and siamese networks are pre-trained and frozen.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ppgan.data import ImageData, load_dataset
 from ppgan.engine import (
@@ -29,6 +31,8 @@ from ppgan.errors import PpganError
 from ppgan.gan import (
     REQUIRED_JUDGES,
     anonymizer_step,
+    identity_support,
+    random_identity_step,
     reference_embeddings,
     require_bf16,
     run_epoch,
@@ -41,8 +45,11 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def validate(enc, dec, judges: Judges, data: ImageData, cfg: DictConfig) -> dict[str, float]:
-    """Validation metrics and the paper's model-selection score (lower is better), z = mu."""
+def validate(
+    enc, dec, judges: Judges, data: ImageData, cfg: DictConfig, adversary=None
+) -> dict[str, float]:
+    """Validation metrics and the model-selection score (lower is better), on the release latent
+    (z = mu; PP-RID: the content mean and a prior draw of the identity code)."""
     obj, sel = cfg.objective, cfg.objective.selection
     enc.eval(), dec.eval()
     sums: dict[str, float] = {}
@@ -62,6 +69,10 @@ def validate(enc, dec, judges: Judges, data: ImageData, cfg: DictConfig) -> dict
             out["identity_acc"] = (logits_id.argmax(1) == b["id"]).float().sum()
             uniform = jittered_uniform(len(real), logits_id.shape[1], False, real.device)
             out["identity_ce_uniform"] = soft_cross_entropy(uniform, logits_id) * len(real)
+        if adversary is not None:
+            adversary.eval()
+            out["adaptive_acc"] = (adversary(fake).argmax(1) == b["id"]).float().sum()
+            adversary.train()
         if judges.siamese is not None:
             out["siamese_dist"] = pair_distance(judges.siamese(fake), judges.siamese(real)).sum()
         for k, v in out.items():
@@ -71,6 +82,10 @@ def validate(enc, dec, judges: Judges, data: ImageData, cfg: DictConfig) -> dict
     val = {k: v / n for k, v in sums.items()}
     if obj.variant == "mir":
         val["score"] = val["disease_ce"] + sel.identity * val["identity_ce_uniform"]
+    elif obj.variant == "rid":
+        val["score"] = val["disease_ce"] + sel.adaptive * val["adaptive_acc"]
+        if "identity_ce_uniform" in val:
+            val["score"] += sel.identity * val["identity_ce_uniform"]
     else:  # deviation: capped at `distance_cap`; the original zeroes the term above it
         val["score"] = val["disease_ce"] - sel.siamese * min(val["siamese_dist"], sel.distance_cap)
     val["score"] += sel.roi_rec * val["roi_rec"]
@@ -82,10 +97,32 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     task, m, obj = cfg.task, cfg.model, cfg.objective
     require_bf16(ctx.amp_dtype)
     if obj.get("variant") not in REQUIRED_JUDGES:
-        raise PpganError(f"objective.variant={obj.get('variant')}: must be 'mir' or 'sir'")
-    data = load_dataset(cfg.dataset, require_splits=("train", "val")).to(ctx.device)
+        raise PpganError(
+            f"objective.variant={obj.get('variant')}: must be one of {sorted(REQUIRED_JUDGES)}"
+        )
+    rid = obj.variant == "rid"
+    if rid and not m.encoder.get("identity_dim"):
+        raise PpganError(
+            "objective=pp_rid needs an encoder with an identity code "
+            "(model.encoder.identity_dim > 0): add model=rid_gan"
+        )
+    if not rid and m.encoder.get("identity_dim"):
+        raise PpganError(
+            f"model.encoder.identity_dim={m.encoder.identity_dim}: only objective=pp_rid "
+            "uses an identity code (use model=vae_gan)"
+        )
+    if rid and ctx.dist.world > 1:
+        # Its step calls Encoder.posterior and trains a third player (the adversary): neither
+        # goes through a DistributedDataParallel forward yet.
+        raise PpganError("objective=pp_rid: data-parallel training is not supported yet")
+    with ctx.dist.main_first():  # rank 0 generates the cached synthetic data, if needed
+        data = load_dataset(cfg.dataset, require_splits=("train", "val"))
+    data.to(ctx.device)
     data.require_ids("task=anonymizer")
-    judges = load_judges(task, data, ctx.device, REQUIRED_JUDGES[obj.variant])
+    required = REQUIRED_JUDGES[obj.variant]
+    if rid and obj.loss.get("identity"):
+        required += ("identity",)
+    judges = load_judges(task, data, ctx.device, required)
     shape = list(data.shape)
     enc, enc_spec = build_model(m.encoder, in_shape=shape)
     dec, dec_spec = build_model(m.decoder, in_shape=shape)
@@ -96,8 +133,22 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     opt_c = build(cfg.critic_optimizer, params=critic.parameters())
     nets = {"encoder": (enc, enc_spec), "decoder": (dec, dec_spec), "critic": (critic, critic_spec)}
     opts = {"opt_g": opt_g, "opt_c": opt_c}
+    adversary = support = None
+    if rid:  # the adaptive attacker inside the loop, an identity classifier of its own
+        if m.get("adversary") is None:
+            raise PpganError("objective=pp_rid needs model.adversary (use model=rid_gan)")
+        adversary, adv_spec = build_model(m.adversary, in_shape=shape, n_classes=data.n_ids)
+        adversary.to(ctx.device)
+        opt_a = build(cfg.critic_optimizer, params=adversary.parameters())
+        nets["adversary"] = (adversary, adv_spec)
+        opts["opt_a"] = opt_a
+        train = data.indices("train")
+        support = identity_support(data.ids[train], data.dis[train], data.n_ids, data.n_classes)
     select = Selection(patience=0, warmup=task.selection_warmup)
     start = ctx.resume(nets, opts, select)
+    # Generator and critic wrapped separately: each phase all-reduces its own player's gradients.
+    train_enc, train_dec, train_critic = (ctx.wrap(net) for net in (enc, dec, critic))
+    objective, roi_scale = rank_objective(obj, ctx.dist.world)
 
     meta = {
         "variant": obj.variant,
@@ -109,6 +160,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     n_train = len(data.indices("train"))
     batch_size = fit_batch_size(n_train, task.batch_size, "task=anonymizer")
     iters = max(1, n_train // batch_size)
+    ctx.dist.check_batch(batch_size, n_train, "task=anonymizer", drop_last=True)
     log.info(
         "task=anonymizer objective.variant=%s: %d epochs x %d iterations (%d critic + %d gen "
         "steps each) on %s",
@@ -123,20 +175,38 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         range(start, task.epochs), desc=f"pp_{obj.variant}", initial=start, total=task.epochs
     )
     for epoch in bar:
-        stream = train_stream(data, batch_size, ctx.seed, epoch)
+        ctx.seed_epoch(epoch)
+        stream = train_stream(data, batch_size, ctx.seed, epoch, part=ctx.dist.part)
         refs = None
         if obj.variant == "sir":
             gen = epoch_generator(ctx.seed, epoch, data.device, stream="references")
             refs = reference_embeddings(judges.siamese, data, gen, cfg.trainer.eval_batch_size)
-        step = anonymizer_step(
-            enc, dec, critic, opt_g, opt_c, judges, cfg.objective, refs, ctx.autocast
-        )
+        if rid:
+            step = random_identity_step(
+                enc, dec, critic, adversary, opt_g, opt_c, opt_a, judges, obj, support, ctx.autocast
+            )
+        else:
+            step = anonymizer_step(
+                train_enc,
+                train_dec,
+                train_critic,
+                opt_g,
+                opt_c,
+                judges,
+                objective,
+                refs,
+                ctx.autocast,
+            )
         sums = run_epoch(step, stream, iters)
+        if roi_scale > 1 and "gen/roi_rec" in sums:
+            sums["gen/roi_rec"] = sums["gen/roi_rec"] * roi_scale
         ctx.log_means(sums, iters, epoch + 1)
-        val = validate(enc, dec, judges, data, cfg)
+        # Every rank validates; rank 0's numbers decide, so model selection agrees.
+        val = ctx.dist.broadcast(validate(enc, dec, judges, data, cfg, adversary))
         for k, v in val.items():
             ctx.writer.add_scalar(f"val/{k}", v, epoch + 1)
-        if (epoch + 1) % task.sample_every == 0 or epoch + 1 == task.epochs:
+        final = epoch + 1 == task.epochs
+        if ctx.dist.is_main and ((epoch + 1) % task.sample_every == 0 or final):
             save_samples(ctx, enc, dec, fixed, epoch + 1)
         bar.set_postfix(score=f"{val['score']:.3f}", agree=f"{val['disease_agreement']:.2f}")
         improved = select.update((val["score"],), epoch)
@@ -146,10 +216,24 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         ctx.save("best", load_checkpoint(ctx.ckpt_dir / "last.pt"))
     best = load_checkpoint(ctx.ckpt_dir / "best.pt")
     enc.load_state_dict(best["encoder"]), dec.load_state_dict(best["decoder"])
-    val = validate(enc, dec, judges, data, cfg)
+    if adversary is not None:
+        adversary.load_state_dict(best["adversary"])
+    val = validate(enc, dec, judges, data, cfg, adversary)
     metrics = {f"val/{k}": v for k, v in val.items()}
     metrics.update({"best_epoch": best["epoch"], "chance/identity": 1.0 / data.n_ids})
     return ctx.finish(metrics)
+
+
+def rank_objective(obj: DictConfig, world: int) -> tuple[DictConfig, int]:
+    """The objective one of `world` ranks trains with, and the factor of its logged ROI term.
+
+    A sum-reduced ROI term (`objective.roi_rec_reduction=sum`, the paper presets) sums over this
+    rank's shard only, 1/world of the global batch's sum, and DDP averages the ranks' gradients:
+    weighted `world` times it gives one process's gradient (mean-reduced terms need nothing).
+    """
+    if world == 1 or obj.get("roi_rec_reduction", "mean") != "sum":
+        return obj, 1
+    return OmegaConf.merge(obj, {"loss": {"roi_rec": obj.loss.roi_rec * world}}), world
 
 
 @torch.no_grad()

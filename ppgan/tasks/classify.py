@@ -49,7 +49,9 @@ def evaluate(model, data: ImageData, split: str, key: str, n_classes: int, batch
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     ctx = RunContext(cfg, out_dir)
     task = cfg.task
-    data = load_dataset(cfg.dataset, require_splits=("train", "val", "test")).to(ctx.device)
+    with ctx.dist.main_first():  # rank 0 generates the cached synthetic data, if needed
+        data = load_dataset(cfg.dataset, require_splits=("train", "val", "test"))
+    data.to(ctx.device)
     key, n_classes = labels_of(data, task.label, f"task={task.name}")
     model, spec = build_model(cfg.model, in_shape=list(data.shape), n_classes=n_classes)
     model.to(ctx.device)
@@ -58,8 +60,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     nets, opts = {"model": (model, spec)}, {"opt": opt}
     select = Selection(task.patience)
     start = ctx.resume(nets, opts, select)
+    train_model = ctx.wrap(model)
 
     n_train = len(data.indices("train"))
+    ctx.dist.check_batch(task.batch_size, n_train, "the training split", drop_last=False)
     log.info(
         "task=%s: %d classes, %d train images of shape %s on %s",
         task.name,
@@ -74,22 +78,29 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             log.info("early stop at epoch %d (best epoch %d)", epoch, select.best_epoch)
             break
         model.train()
+        ctx.seed_epoch(epoch)
         loss_sum = torch.zeros((), device=ctx.device)
         correct = torch.zeros((), device=ctx.device)
         gen = epoch_generator(ctx.seed, epoch, data.device)
-        for batch in data.batches("train", task.batch_size, shuffle=True, generator=gen):
+        # Every rank draws the same global batches and trains on its part of each.
+        for idx in data.index_batches("train", task.batch_size, shuffle=True, generator=gen):
+            batch = data.batch(ctx.dist.part(idx))
             with ctx.autocast():
-                logits = model(batch["images"])
+                logits = train_model(batch["images"])
                 loss = F.cross_entropy(logits.float(), batch[key])
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(ctx.dist.scale(loss, len(logits), len(idx))).backward()
             scaler.step(opt)
             scaler.update()
             # Accumulate on the device; the host reads once per epoch (one sync, not one a step).
             loss_sum += loss.detach() * len(logits)
             correct += (logits.argmax(1) == batch[key]).sum()
-        val = evaluate(model, data, "val", key, n_classes, cfg.trainer.eval_batch_size)
-        train_loss, train_acc = float(loss_sum) / n_train, float(correct) / n_train
+        # Every rank validates; rank 0's numbers decide, so selection and early stopping agree.
+        val = ctx.dist.broadcast(
+            evaluate(model, data, "val", key, n_classes, cfg.trainer.eval_batch_size)
+        )
+        sums = ctx.dist.sum({"loss": loss_sum, "correct": correct})
+        train_loss, train_acc = float(sums["loss"]) / n_train, float(sums["correct"]) / n_train
         for name, value in [
             ("train/loss", train_loss),
             ("train/acc", train_acc),

@@ -94,7 +94,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     ctx = RunContext(cfg, out_dir)
     task, obj = cfg.task, cfg.objective
     require_bf16(ctx.amp_dtype)
-    data = load_dataset(cfg.dataset, require_splits=("train", "val")).to(ctx.device)
+    with ctx.dist.main_first():  # rank 0 generates the cached synthetic data, if needed
+        data = load_dataset(cfg.dataset, require_splits=("train", "val"))
+    data.to(ctx.device)
     data.require_ids("task=counterfactual")
     (enc, dec), gan = load_frozen_parts(
         task.checkpoint, ("encoder", "decoder"), data.shape, ctx.device, "task.checkpoint"
@@ -102,7 +104,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     variant = gan.get("variant")
     if variant not in REQUIRED_JUDGES:
         raise PpganError(f"task.checkpoint: {task.checkpoint} is not a task=anonymizer checkpoint")
-    judges = load_judges(task, data, ctx.device, REQUIRED_JUDGES[variant])
+    # PP-RID's counterfactual keeps the factual image's random identity code (same z); its
+    # identity term is PP-MIR's (the frozen identity classifier).
+    privacy_variant = "mir" if variant == "rid" else variant
+    required = REQUIRED_JUDGES[variant]
+    if variant == "rid" and obj.loss.get("identity"):
+        required += ("identity",)
+    judges = load_judges(task, data, ctx.device, required)
     # Same architecture as the factual decoder; warm-started from it (a deviation: the original
     # starts from scratch) so training begins at the factual image and only learns the change.
     where, expect = f"task.checkpoint: {task.checkpoint}", {"in_shape": list(data.shape)}
@@ -117,6 +125,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     opts = {"opt_g": opt_g, "opt_c": opt_c}
     select = Selection(patience=0, warmup=task.selection_warmup)
     start = ctx.resume(nets, opts, select)
+    # Decoder and critic wrapped separately (the frozen stage-1 networks are not trained).
+    train_cf_dec, train_critic = ctx.wrap(cf_dec), ctx.wrap(critic)
 
     margin = obj.margin if obj.margin is not None else gan.get("margin")
     if margin is None and variant == "sir":
@@ -131,11 +141,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     n_train = len(data.indices("train"))
     batch_size = fit_batch_size(n_train, task.batch_size, "task=counterfactual")
     iters = max(1, n_train // batch_size)
+    ctx.dist.check_batch(batch_size, n_train, "task=counterfactual", drop_last=True)
     bar = ctx.progress(
         range(start, task.epochs), desc="counterfactual", initial=start, total=task.epochs
     )
     for epoch in bar:
-        stream = train_stream(data, batch_size, ctx.seed, epoch)
+        ctx.seed_epoch(epoch)
+        stream = train_stream(data, batch_size, ctx.seed, epoch, part=ctx.dist.part)
         refs = None
         if variant == "sir":
             gen = epoch_generator(ctx.seed, epoch, data.device, stream="references")
@@ -146,19 +158,21 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 z = enc(b["images"], b["masks"])[0]
                 factual = dec(z)
                 target = target_classes(judges.disease(b["images"]), task.target_class)
-            cf = cf_dec(z)
+            cf = train_cf_dec(z)
             return {
                 "disease": robust_disease_flip(judges.disease, cf, target, **robust),
                 "roi_complement": roi_complement(factual.float(), cf.float(), roi_of(data, b)),
-                "adv": generator_adversarial(critic, cf),
-                **privacy_terms(cf, b["images"], judges, variant, privacy_w, margin, True, refs),
+                "adv": generator_adversarial(train_critic, cf),
+                **privacy_terms(
+                    cf, b["images"], judges, privacy_variant, privacy_w, margin, True, refs
+                ),
             }
 
         step = GanStep(
-            critic=critic,
+            critic=train_critic,
             opt_c=opt_c,
             opt_g=opt_g,
-            fake_of=lambda b: cf_dec(enc(b["images"], b["masks"])[0]),
+            fake_of=lambda b: train_cf_dec(enc(b["images"], b["masks"])[0]),
             terms_of=terms_of,
             weights=weights,
             n_critic=obj.n_critic,
@@ -169,10 +183,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         )
         sums = run_epoch(step, stream, iters)
         ctx.log_means(sums, iters, epoch + 1)
-        val = validate(enc, dec, cf_dec, judges, data, cfg)
+        # Every rank validates; rank 0's numbers decide, so model selection agrees.
+        val = ctx.dist.broadcast(validate(enc, dec, cf_dec, judges, data, cfg))
         for k, v in val.items():
             ctx.writer.add_scalar(f"val/{k}", v, epoch + 1)
-        save_cf_samples(ctx, enc, dec, cf_dec, fixed, epoch + 1)
+        if ctx.dist.is_main:
+            save_cf_samples(ctx, enc, dec, cf_dec, fixed, epoch + 1)
         bar.set_postfix(flip=f"{val['flip_rate']:.2f}")
         improved = select.update((val["score"],), epoch)
         # The target travels with the checkpoint, so every scorer flips toward the same class.

@@ -189,15 +189,18 @@ class Scores(dict):
         self[key] = float(values.mean()) if len(values) else float("nan")
         self[key + CI_LO], self[key + CI_HI] = mean_ci(values, self.boot.n, self.boot.seed)
 
-    def auc(self, key: str, d: Tensor, same: Tensor) -> None:
-        """Verification AUC of query-gallery distances `d` [Q, G] (`same`: same identity),
-        its interval resampling queries (a query's pairs are not independent)."""
-        self[key] = verification_metrics(d[same], d[~same])["auc"]
+    def auc(self, key: str, d: Tensor, same: Tensor, keep: Tensor | None = None) -> None:
+        """Verification AUC of query-gallery distances `d` [Q, G] (`same`: same identity) over
+        the pairs `keep` (default all), its interval resampling queries (a query's pairs are
+        not independent)."""
+        keep = torch.ones_like(same) if keep is None else keep
+        self[key] = verification_metrics(d[same & keep], d[~same & keep])["auc"]
         q, g = d.shape
+        flat = keep.cpu().numpy().ravel()
         self[key + CI_LO], self[key + CI_HI] = clustered_auc_ci(
-            -d.double().cpu().numpy().ravel(),
-            same.cpu().numpy().ravel(),
-            np.repeat(np.arange(q), g),
+            -d.double().cpu().numpy().ravel()[flat],
+            same.cpu().numpy().ravel()[flat],
+            np.repeat(np.arange(q), g)[flat],
             q,
             self.boot.n,
             self.boot.seed,
@@ -238,7 +241,9 @@ def evaluate_method(
     m = Scores(task.bootstrap)
 
     # Privacy: seen, unseen and adaptive identity classifiers; linkage to the originals.
-    identity_attacks(m, anon[split], ref["gallery"], ids, train_ids, judges, unseen, bs)
+    identity_attacks(
+        m, anon[split], ref["gallery"], ids, train_ids, judges, unseen, bs, dis, train_dis
+    )
     spaces = linkage_spaces(judges, unseen, bs)
     m.update(openset_attacks(spaces, anon[split], orig[split], ids, train_ids))
     # Adaptive attackers, trained and chosen on the anonymized train / val splits; the strongest
@@ -299,9 +304,17 @@ def identity_attacks(
     judges: Judges,
     unseen: nn.Module,
     bs: int,
+    dis: Tensor | None = None,
+    train_dis: Tensor | None = None,
 ) -> None:
     """Seen and unseen identity classifiers, and linkage of each anonymized image to the
-    original training images, whose embeddings in each linkage space are `gallery`."""
+    original training images, whose embeddings in each linkage space are `gallery`.
+
+    With the disease labels, also the linkage AUC over pairs of the same disease
+    (`..._auc_same_disease`, chance 0.5): where the disease is a trait of the person, a release
+    that keeps it is closer to its own person's originals than to a random other person's (half
+    of whom have another disease) by the disease alone -- a class prototype scores above 0.5 --
+    so the plain AUC cannot tell identity leakage from kept disease evidence."""
     m.rate("privacy/seen_acc", _hits(_outputs(judges.identity, anon, bs), ids))
     logits = _outputs(unseen, anon, bs)
     m.rate("privacy/unseen_acc", _hits(logits, ids))
@@ -312,6 +325,9 @@ def identity_attacks(
         for k in (1, 5):
             m.rate(f"privacy/link_{space}_rank{k}", rank_k_hits(d, ids, train_ids, k).cpu())
         m.auc(f"privacy/link_{space}_auc", d, same)
+        if dis is not None and train_dis is not None:
+            same_dis = dis[:, None] == train_dis[None, :]
+            m.auc(f"privacy/link_{space}_auc_same_disease", d, same, same_dis)
 
 
 def privacy_ratios(row: dict, chance_disease: float) -> dict[str, float]:

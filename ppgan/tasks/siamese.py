@@ -99,7 +99,9 @@ def test_metrics(net, data: ImageData, cfg: DictConfig) -> dict[str, float]:
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     ctx = RunContext(cfg, out_dir)
     task = cfg.task
-    data = load_dataset(cfg.dataset, require_splits=("train", "val", "test")).to(ctx.device)
+    with ctx.dist.main_first():  # rank 0 generates the cached synthetic data, if needed
+        data = load_dataset(cfg.dataset, require_splits=("train", "val", "test"))
+    data.to(ctx.device)
     data.require_ids("task=siamese")
     model, spec = build_model(cfg.model, in_shape=list(data.shape))
     model.to(ctx.device)
@@ -108,6 +110,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     nets, opts = {"model": (model, spec)}, {"opt": opt}
     select = Selection(task.patience)
     start = ctx.resume(nets, opts, select)
+    train_model = ctx.wrap(model)
 
     train_idx = data.indices("train")
     train_ids = data.ids[train_idx]
@@ -126,6 +129,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             log.info("early stop at epoch %d (best epoch %d)", epoch, select.best_epoch)
             break
         model.train()
+        ctx.seed_epoch(epoch)
         gen = epoch_generator(ctx.seed, epoch, data.device)
         pairs, same = sample_pairs(train_ids, gen, task.pairs.max_positive, task.pairs.neg_ratio)
         # The original doubles the pair set with Gaussian-noise copies (sigma^2 = 0.05).
@@ -133,28 +137,36 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         noisy = torch.arange(copies, device=data.device).repeat_interleave(len(pairs))
         pairs, same = pairs.repeat(copies, 1), same.repeat(copies)
         order = torch.randperm(len(pairs), generator=gen, device=data.device)
+        ctx.dist.check_batch(task.batch_size, len(pairs), "the epoch's pairs", drop_last=False)
         loss_sum = torch.zeros((), device=ctx.device)
         for start_i in range(0, len(pairs), task.batch_size):
-            sel = order[start_i : start_i + task.batch_size]
+            sel_global = order[start_i : start_i + task.batch_size]
+            sel = ctx.dist.part(sel_global)  # this rank's pairs of the global batch
             p, y = pairs[sel], same[sel]
             images = data.batch(train_idx[p.T.flatten()])["images"]  # [2B, C, H, W]: a then b
-            noise = torch.randn(images.shape, generator=gen, device=data.device) * noise_std
+            # The global batch's noise, drawn on every rank, so the stream stays the same.
+            shape = (2 * len(sel_global), *images.shape[1:])
+            noise = torch.randn(shape, generator=gen, device=data.device) * noise_std
+            if ctx.dist.world > 1:  # this rank's rows: its part of the a half and of the b half
+                noise = torch.cat([ctx.dist.part(half) for half in noise.chunk(2)])
             images = torch.where(
                 noisy[sel].repeat(2).bool()[:, None, None, None],
                 (images + noise).clamp(-1, 1),
                 images,
             )
             with ctx.autocast():
-                emb_a, emb_b = model(images).chunk(2)  # one pass: shared weights, shared BN batch
+                # One pass: shared weights, shared BN batch.
+                emb_a, emb_b = train_model(images).chunk(2)
                 loss = contrastive(pair_distance(emb_a, emb_b), y, task.margin)
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(ctx.dist.scale(loss, len(y), len(sel_global))).backward()
             scaler.step(opt)
             scaler.update()
             loss_sum += loss.detach() * len(y)
-        train_loss = loss_sum / len(pairs)
+        train_loss = ctx.dist.sum({"loss": loss_sum})["loss"] / len(pairs)
         require_finite(train_loss, "the contrastive loss")
-        val = evaluate_split(model, data, "val", cfg.trainer.eval_batch_size)
+        # Every rank validates; rank 0's numbers decide, so selection and early stopping agree.
+        val = ctx.dist.broadcast(evaluate_split(model, data, "val", cfg.trainer.eval_batch_size))
         ctx.writer.add_scalar("train/loss", float(train_loss), epoch + 1)
         for name, value in val.items():
             ctx.writer.add_scalar(f"val/{name}", value, epoch + 1)
