@@ -451,7 +451,7 @@ def test_openset_linkage_known_answers():
     assert m["n_probes"] == 2
 
 
-ONE_EPOCH = ("siamese", "pp_mir", "pp_sir", "cf_pp_mir", "cf_pp_sir")
+ONE_EPOCH = ("siamese", "pp_mir", "pp_rid", "cf_pp_rid")
 # The evaluation without the image-filter baselines (each would train its own attacker).
 EVALUATE = ",".join(
     ['"task.attack.epochs=1"'] + [f'"~task.methods.{m}"' for m in ("blur", "pixelate", "ksame")]
@@ -483,7 +483,7 @@ def test_pipeline_on_prepared_subject_disjoint_file(tmp_path):
     report = (out / "evaluate" / "report.md").read_text()
     assert "## Open-set attacks" in report and "**closed-set**" in report
     m = json.loads((out / "evaluate" / "metrics.json").read_text())
-    for method in ("original", "pp_mir", "pp_sir", "pp_mir_cf"):
+    for method in ("original", "pp_mir", "pp_rid", "pp_rid_cf"):
         assert 0 <= m[f"{method}/privacy/openset_siamese_rank1"] <= 1
         assert 0 <= m[f"{method}/privacy/openset_unseen_auc"] <= 1
     assert m["original/privacy/openset_chance_rank1"] == pytest.approx(1 / 3)
