@@ -14,16 +14,23 @@ import json
 from pathlib import Path
 
 
-def attack(row: dict, prefix: str, suffix: str) -> float:
-    """The strongest attacker whose metric name starts with `prefix` and ends with `suffix`."""
-    vals = [v for k, v in row.items() if k.startswith(prefix) and k.endswith(suffix)]
-    return max(vals) if vals else float("nan")
+def strongest(row: dict, keys: list[str]) -> str | None:
+    """The key of the largest value among `keys` present in `row` (the strongest attacker)."""
+    present = [k for k in keys if k in row]
+    return max(present, key=row.__getitem__) if present else None
+
+
+def measure(row: dict, key: str | None) -> tuple[float, float | None, float | None]:
+    """(value, interval low, interval high) of one metric; nan when absent."""
+    if key is None or key not in row:
+        return float("nan"), None, None
+    return row[key], row.get(f"{key}_ci_lo"), row.get(f"{key}_ci_hi")
 
 
 def gates(metrics: dict) -> dict[str, dict]:
     rows: dict[str, dict] = {}
     for key, value in metrics.items():
-        if "/" in key and "_ci_" not in key:
+        if "/" in key:
             name, metric = key.split("/", 1)
             rows.setdefault(name, {})[metric] = value
     cid = metrics["chance/identity_disease"]
@@ -32,43 +39,54 @@ def gates(metrics: dict) -> dict[str, dict]:
     for name, r in rows.items():
         if name in ("chance", "original") or name.endswith("_cf") or "utility/indep_acc" not in r:
             continue
-        adaptive = attack(r, "privacy/adaptive", "acc")
-        link_r1 = max(r.get("privacy/link_siamese_rank1", 0), r.get("privacy/link_unseen_rank1", 0))
+        adaptive = [k for k in r if k.startswith("privacy/adaptive") and k.endswith("acc")]
         # Over same-disease pairs where measured (see evaluate.identity_attacks: the plain AUC
         # rewards a disease-keeping release for the disease alone); the plain one otherwise.
         suffix = "_same_disease" if "privacy/link_siamese_auc_same_disease" in r else ""
-        link_auc = max(
-            r.get(f"privacy/link_siamese_auc{suffix}", 0),
-            r.get(f"privacy/link_unseen_auc{suffix}", 0),
-        )
-        checks = {
-            "adaptive <= 2x chance|disease": (adaptive, adaptive <= 2 * cid),
-            "unseen <= 1.5x chance|disease": (
-                r["privacy/unseen_acc"],
-                r["privacy/unseen_acc"] <= 1.5 * cid,
+        keys = {
+            "adaptive <= 2x chance|disease": (strongest(r, adaptive), lambda v: v <= 2 * cid),
+            "unseen <= 1.5x chance|disease": ("privacy/unseen_acc", lambda v: v <= 1.5 * cid),
+            "link rank-1 <= 1.5x chance|disease": (
+                strongest(r, [f"privacy/link_{s}_rank1" for s in ("siamese", "unseen")]),
+                lambda v: v <= 1.5 * cid,
             ),
-            "link rank-1 <= 1.5x chance|disease": (link_r1, link_r1 <= 1.5 * cid),
-            "link AUC <= 0.55": (link_auc, link_auc <= 0.55),
+            "link AUC <= 0.55": (
+                strongest(r, [f"privacy/link_{s}_auc{suffix}" for s in ("siamese", "unseen")]),
+                lambda v: v <= 0.55,
+            ),
             "indep disease >= 0.95x originals": (
-                r["utility/indep_acc"],
-                r["utility/indep_acc"] >= 0.95 * orig.get("utility/indep_acc", 1.0),
+                "utility/indep_acc",
+                lambda v: v >= 0.95 * orig.get("utility/indep_acc", 1.0),
             ),
-            "diversity >= 0.5x originals": (
-                r.get("realism/diversity", float("nan")),
-                r.get("realism/diversity", 0) >= 0.5,
-            ),
+            "diversity >= 0.5x originals": ("realism/diversity", lambda v: v >= 0.5),
             "FD(disease) < k-Same-Pixel": (
-                r.get("realism/fid_disease", float("nan")),
-                r.get("realism/fid_disease", 1e9) < ksame.get("realism/fid_disease", -1),
+                "realism/fid_disease",
+                lambda v: v < ksame.get("realism/fid_disease", float("nan")),
             ),
             "SSIM(ROI) > blur": (
-                r.get("realism/ssim_roi", float("nan")),
-                r.get("realism/ssim_roi", -1) > blur.get("realism/ssim_roi", 2),
+                "realism/ssim_roi",
+                lambda v: v > blur.get("realism/ssim_roi", float("nan")),
             ),
         }
-        out[name] = {k: {"value": v, "pass": bool(ok)} for k, (v, ok) in checks.items()}
-        out[name]["passed"] = sum(c["pass"] for c in out[name].values())
+        checks = {}
+        for gate, (key, ok) in keys.items():
+            value, lo, hi = measure(r, key)
+            checks[gate] = {
+                "value": value,
+                "ci": [lo, hi] if lo is not None else None,
+                "metric": key,
+                "pass": bool(ok(value)),
+            }  # nan fails every gate
+        out[name] = {**checks, "passed": sum(c["pass"] for c in checks.values())}
     return out
+
+
+def cell(check: dict) -> str:
+    """`0.087 [0.042, 0.133]`, with ✗ where the gate fails (on the point estimate)."""
+    text = f"{check['value']:.3f}"
+    if check["ci"]:
+        text += f" [{check['ci'][0]:.3f}, {check['ci'][1]:.3f}]"
+    return text + ("" if check["pass"] else " ✗")
 
 
 def main() -> None:
@@ -81,7 +99,7 @@ def main() -> None:
     print("| method | " + " | ".join(names) + " | passed |")
     print("|---" * (len(names) + 2) + "|")
     for method, checks in table.items():
-        cells = [f"{checks[n]['value']:.3f}{'' if checks[n]['pass'] else ' ✗'}" for n in names]
+        cells = [cell(checks[n]) for n in names]
         print(f"| {method} | " + " | ".join(cells) + f" | {checks['passed']}/{len(names)} |")
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,3 +231,39 @@ def test_link_auc_given_disease_does_not_reward_kept_disease():
     m.auc("given", d, same, dis[:, None] == train_dis[None, :])
     assert m["plain"] > 0.7 and m["given"] == pytest.approx(0.5)
     assert m["given_ci_lo"] <= 0.5 <= m["given_ci_hi"]
+
+
+def test_gate_script_takes_the_strongest_attacker_and_the_same_disease_auc():
+    """experiments/gates.py (the issue's acceptance table) on a hand-made metrics file: the best
+    adaptive attacker decides, the same-disease AUC replaces the plain one, baselines set bars."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "gates.py"
+    spec = importlib.util.spec_from_file_location("gates", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    common = {"utility/indep_acc": 1.0, "realism/diversity": 1.0, "realism/ssim_roi": 0.3,
+              "realism/fid_disease": 10.0}  # fmt: skip
+    metrics = {"chance/identity_disease": 0.05}
+    metrics |= {f"original/{k}": v for k, v in common.items()}
+    metrics |= {"ksame/realism/fid_disease": 20.0, "blur/realism/ssim_roi": 0.2}
+    metrics |= {f"m/{k}": v for k, v in common.items()}
+    metrics |= {
+        "m/privacy/adaptive_resnet_acc": 0.05,
+        "m/privacy/adaptive_linear_acc": 0.2,  # the strongest: fails 2x chance | disease
+        "m/privacy/adaptive_linear_acc_ci_lo": 0.1,
+        "m/privacy/adaptive_linear_acc_ci_hi": 0.3,
+        "m/privacy/unseen_acc": 0.05,
+        "m/privacy/link_siamese_rank1": 0.05,
+        "m/privacy/link_siamese_auc": 0.7,  # plain AUC: ignored where the same-disease one exists
+        "m/privacy/link_siamese_auc_same_disease": 0.52,
+    }
+    table = module.gates(metrics)
+    m = table["m"]
+    assert m["adaptive <= 2x chance|disease"]["metric"] == "privacy/adaptive_linear_acc"
+    assert not m["adaptive <= 2x chance|disease"]["pass"]
+    assert m["adaptive <= 2x chance|disease"]["ci"] == [0.1, 0.3]
+    assert m["link AUC <= 0.55"]["value"] == 0.52 and m["link AUC <= 0.55"]["pass"]
+    assert m["FD(disease) < k-Same-Pixel"]["pass"] and m["SSIM(ROI) > blur"]["pass"]
+    assert m["passed"] == 7
+    assert module.cell(m["adaptive <= 2x chance|disease"]) == "0.200 [0.100, 0.300] ✗"
