@@ -178,6 +178,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             n_critic=obj.n_critic,
             n_gen=obj.n_gen,
             gp_weight=obj.gp_weight,
+            gp_every=obj.gp_every,
             autocast=ctx.autocast,
             prefix="cf",
         )
