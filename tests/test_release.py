@@ -190,3 +190,34 @@ def test_truth_of_a_collapsed_release_is_shared_among_equal_outputs():
         pytest.approx(1 / 3),
     ]
     assert side.match_truth(outputs[:1] + 0.5, outputs, np.array([0, 0, 1, 2]), n_ids=3) is None
+
+
+def test_a_stochastic_release_is_attacked_through_a_twin_not_a_made_up_truth(tiny, tmp_path):
+    """A method that draws anew per call (as PP-RID does) matches none of its own outputs, so
+    the shipped file's truth is unknown: the joins are scored on a twin export with identities.
+    A pixel leak is still caught; without the method it is an error, not a chance-level number."""
+    from omegaconf import OmegaConf
+
+    from ppgan.errors import PpganError
+    from ppgan.tasks.evaluate import anonymize_all, release_side_channels
+
+    class Noisy:  # the original plus fresh noise on every call: stochastic and leaky
+        def __call__(self, b):
+            return (b["images"] + 0.3 * torch.randn_like(b["images"])).clamp(-1, 1)
+
+    method = Noisy()
+    path = tmp_path / "shipped.h5"
+    export_release(path, tiny, torch.arange(len(tiny)), method, 32)  # no ids, like task=export
+    anon = anonymize_all(method, tiny, 32)  # another draw: matches no released image
+    boot = OmegaConf.create({"n": 200, "seed": 0})
+    m = release_side_channels(str(path), tiny, anon, "test", boot, 32, method)
+    assert m["release/twin"] == 1.0 and m["release/n_attributes"] == 0
+    # Nearest original in pixel space: the same person (a made-up uniform truth gave 1/6).
+    assert m["release/pixel_join"] > 0.5
+    assert m["release/position_join"] < 0.6  # the exporter's order is random
+    with pytest.raises(PpganError, match="match no output"):
+        release_side_channels(str(path), tiny, anon, "test", boot, 32)
+    with h5py.File(path, "a") as f:  # a column the exporter does not write: refused
+        f["index"] = np.arange(len(tiny))
+    with pytest.raises(PpganError, match="not a release of this exporter"):
+        release_side_channels(str(path), tiny, anon, "test", boot, 32, method)

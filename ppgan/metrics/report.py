@@ -193,7 +193,17 @@ def write_report(
         for name, row in released.items():
             cells = [f"{_cell(row, c)} | {_fmt(row.get(ch))}" for c, _, ch in RELEASE_COLUMNS]
             attrs = str(int(row.get("release/n_attributes", 0)))
-            lines.append("| " + " | ".join([name, *cells, attrs]) + " |")
+            twin = " (twin)" if row.get("release/twin") else ""
+            lines.append("| " + " | ".join([name + twin, *cells, attrs]) + " |")
+        if any(r.get("release/twin") for r in released.values()):
+            lines += [
+                "",
+                "*(twin)*: a stochastic method (a new person per image and per export): no "
+                "released image matches any of its outputs, so nobody, the evaluation included, "
+                "can tell from the shipped file who a row shows. The shipped file was checked "
+                "for the exporter's columns and its attributes counted; the joins were scored "
+                "on a twin export (same exporter and generator, identities recorded, deleted).",
+            ]
     if counterfactual:
         lines += [
             "",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -380,7 +381,13 @@ def evaluate_counterfactual(ctx, data, ref, judges, unseen, indep, path: str) ->
 
 
 def release_side_channels(
-    path: str, data: ImageData, anon: dict[str, Tensor], split: str, boot: DictConfig, bs: int
+    path: str,
+    data: ImageData,
+    anon: dict[str, Tensor],
+    split: str,
+    boot: DictConfig,
+    bs: int,
+    method: Anonymizer | None = None,
 ) -> Scores:
     """Attack an exported release file (`task=export`) with the original file in hand.
 
@@ -388,6 +395,13 @@ def release_side_channels(
     if it was exported with `task.keep_identity=true`, else `match_truth` against the method's
     outputs (`anon`, the same generator at z = mu). All rates are means over rows, so they do not
     depend on the release's (random) order.
+
+    A stochastic method (PP-RID draws a new person per image and per export) matches none of its
+    own outputs: from the shipped file nobody can tell who a row shows, the evaluation included.
+    Its file is then checked for what the exporter writes (columns, attributes), and the joins
+    are scored on a *twin*: the same exporter and `method`, identities recorded, written to a
+    temporary directory and deleted (`release/twin` = 1). Without `method` that is an error,
+    never a made-up truth.
     """
     rel = load_images(path, require_splits=(split,))
     if rel.shape != data.shape:
@@ -402,12 +416,7 @@ def release_side_channels(
         outputs = quantize(anon[split]).cpu()
         true_ids = side.match_truth(rel_images, outputs, orig_ids[o_idx.numpy()], data.n_ids)
         if true_ids is None:
-            log.warning(
-                "%s: released images match no output of this method closely: the side-channel "
-                "truth may be wrong (was it exported by another checkpoint?)",
-                path,
-            )
-            true_ids = np.full((len(r_idx), data.n_ids), 1.0 / data.n_ids)
+            return twin_side_channels(path, rel, data, anon, split, boot, bs, method)
     rel_split, orig_split = rel.split.cpu().numpy(), data.split.cpu().numpy()
     rel_dis, orig_dis = rel.dis[r_idx].cpu().numpy(), data.dis.cpu().numpy()
     m = Scores(boot)
@@ -434,6 +443,48 @@ def release_side_channels(
     m.rate("release/metadata_join", side.candidate_hits(candidates, true_ids, orig_ids))
     score("pixel_join", side.pixel_join(rel_images, data.images.cpu(), bs))
     m["release/join_chance"] = side.chance_rate(true_ids, rel_dis, orig_ids, orig_dis)
+    return m
+
+
+def twin_side_channels(
+    path: str,
+    rel: ImageData,
+    data: ImageData,
+    anon: dict[str, Tensor],
+    split: str,
+    boot: DictConfig,
+    bs: int,
+    method: Anonymizer | None,
+) -> Scores:
+    """The side channels of a stochastic method's release, scored on a twin export (see
+    `release_side_channels`): the shipped file must have the twin's columns (less `id`)."""
+    from ppgan.tasks.export import export_release  # the exporter the release came from
+
+    if method is None:
+        raise PpganError(
+            f"task.release_files: {path}: its images match no output of this method (another "
+            "checkpoint, or a stochastic generator without the method to export a twin)"
+        )
+    splits = [s for s in SPLITS if len(rel.indices(s))]
+    idx = torch.cat([data.indices(s) for s in splits]).sort().values
+    with h5py.File(path, "r") as f:
+        shipped = {k for k in f if isinstance(f[k], h5py.Dataset)}
+        n_attributes = len(f.attrs) + sum(len(f[k].attrs) for k in shipped)
+    masks = "class_canonical" if "masks" in shipped else "none"
+    log.info("%s: a stochastic release; scoring its side channels on a twin export", path)
+    with tempfile.TemporaryDirectory(prefix="ppgan-twin-") as tmp:
+        twin = Path(tmp) / "twin.h5"
+        export_release(twin, data, idx, method, bs, masks=masks, keep_identity=True)
+        with h5py.File(twin, "r") as f:
+            expected = {k for k in f if isinstance(f[k], h5py.Dataset)} - {"id"}
+        if shipped != expected:
+            raise PpganError(
+                f"task.release_files: {path} has columns {sorted(shipped)}, the exporter writes "
+                f"{sorted(expected)}: not a release of this exporter, its side channels unknown"
+            )
+        m = release_side_channels(str(twin), data, anon, split, boot, bs)
+    m["release/n_attributes"] = float(n_attributes)  # the shipped file's own
+    m["release/twin"] = 1.0
     return m
 
 
@@ -501,7 +552,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         if name in releases:
             log.info("attacking the release of %s: %s", name, releases[name])
             rows[name] |= release_side_channels(
-                releases[name], data, anon, split, task.bootstrap, bs
+                releases[name], data, anon, split, task.bootstrap, bs, method
             )
         grid_rows.append(anon[split][: task.n_samples])
         for k, v in rows[name].items():
