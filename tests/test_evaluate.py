@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ppgan.baselines import GaussianBlur, KSamePixel, Pixelate
+from ppgan.baselines import GaussianBlur, KSamePixel, Noise, Pixelate
 from ppgan.data import load_dataset
 from ppgan.data.hdf5 import ImageData
 from ppgan.metrics.realism import region_psnr, region_ssim
@@ -17,6 +17,14 @@ from tests.conftest import judge_overrides
 
 ADAPTIVE = ("resnet", "resnet_aug", "linear", "knn")  # task.adaptive's defaults
 ATTACK = ["task.attack.epochs=15", "task.attack.batch_size=16", "task.n_samples=4"]
+
+
+class DrawnNoise(Noise):
+    """Noise drawn from the global RNG, as PP-RID draws its random person: the evaluation must
+    seed the draw itself for the same seed to give the same metrics."""
+
+    def __call__(self, batch):
+        return torch.rand(batch["images"].shape, device=batch["images"].device) * 2 - 1
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +47,7 @@ def leak_vs_noise(tmp_path_factory, judges, data_dir):
         "~task.methods.pp_mir",
         "~task.methods.pp_sir",
         "+task.methods.noise={_target_: ppgan.baselines.Noise}",
+        "+task.methods.drawn={_target_: tests.test_evaluate.DrawnNoise}",
         f"+task.release_files.original={out / 'leaky.h5'}",
     )
     return run_task(cfg, out / "test"), out / "test"
@@ -134,8 +143,9 @@ def test_leaky_release_is_caught_by_side_channels(leak_vs_noise):
 
 
 def test_same_seed_same_metrics_and_val_split(leak_vs_noise, judges, data_dir, tmp_path):
-    """Re-running reuses the cached attackers (same key) and gives the same numbers; the val
-    split is evaluated on its own images."""
+    """Re-running reuses the cached attackers (same key) and gives the same numbers, also for a
+    method drawn from the global RNG after other methods were left out; the val split is
+    evaluated on its own images."""
     import shutil
 
     from ppgan.tasks import run_task
@@ -148,9 +158,15 @@ def test_same_seed_same_metrics_and_val_split(leak_vs_noise, judges, data_dir, t
     ]
     shutil.copytree(out / "attackers", tmp_path / "again" / "attackers")
     again = run_task(
-        make_cfg(*args, *keep, f"+task.release_files.original={out.parent / 'leaky.h5'}"),
+        make_cfg(
+            *args,
+            *keep,
+            "+task.methods.drawn={_target_: tests.test_evaluate.DrawnNoise}",
+            f"+task.release_files.original={out.parent / 'leaky.h5'}",
+        ),
         tmp_path / "again",
     )
+    assert any(k.startswith("drawn/") for k in again)
     for k, v in again.items():
         assert v == pytest.approx(m[k], nan_ok=True), k
     shutil.copytree(out / "attackers", tmp_path / "val" / "attackers")

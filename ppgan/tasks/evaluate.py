@@ -540,17 +540,30 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             continue
         method = build(node).fit(data)
         log.info("evaluating %s", name)
+        # A stochastic method (PP-RID draws a new person per image) is drawn from the run's seed,
+        # not from whatever RNG state the previous methods left (their attackers trained or loaded
+        # from the cache): same seed, same release, and the cached adaptive attackers were
+        # trained on this very draw ("draw" in their key).
+        torch.manual_seed(ctx.seed)
         anon = anonymize_all(method, data, bs)
         node_cfg = OmegaConf.to_container(node, resolve=True)
         if node_cfg.get("checkpoint"):
             node_cfg["checkpoint"] = file_digest(node_cfg["checkpoint"])
-        keys = {"adaptive": {"data": base_key["data"], "seed": ctx.seed, "method": node_cfg}}
+        keys = {
+            "adaptive": {
+                "data": base_key["data"],
+                "seed": ctx.seed,
+                "method": node_cfg,
+                "draw": "seeded",
+            }
+        }
         rows[name] = evaluate_method(ctx, data, orig, anon, judges, unseen, indep, name, ref, keys)
         # What the method was trained against: PP-MIR the identity classifier, PP-SIR the siamese
         # network; the baselines nothing. The report marks a "seen" column the method never saw.
         seen[name] = {"mir": "identity", "sir": "siamese"}.get(getattr(method, "variant", ""), "")
         if name in releases:
             log.info("attacking the release of %s: %s", name, releases[name])
+            torch.manual_seed(ctx.seed + 1)  # a twin export's draw, as above
             rows[name] |= release_side_channels(
                 releases[name], data, anon, split, task.bootstrap, bs, method
             )
@@ -564,6 +577,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     for name, path in (task.counterfactuals or {}).items():
         if path:
             log.info("evaluating the counterfactuals of %s", name)
+            torch.manual_seed(ctx.seed)  # PP-RID's counterfactuals draw their person too
             rows[f"{name}_cf"] = evaluate_counterfactual(
                 ctx, data, ref, judges, unseen, indep, path
             )
