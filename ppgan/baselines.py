@@ -14,7 +14,12 @@ from ppgan.engine.checkpoint import load_frozen_parts
 
 
 class Anonymizer:
-    """`fit(data)` once (most need nothing), then `__call__(batch) -> images` in [-1, 1]."""
+    """`fit(data)` once (most need nothing), then `__call__(batch) -> images` in [-1, 1].
+
+    `stochastic`: the output is drawn from the global RNG (PP-RID's random person), so the
+    evaluation seeds it (`ppgan.tasks.evaluate`)."""
+
+    stochastic = False
 
     def fit(self, data: ImageData) -> Anonymizer:
         return self
@@ -121,6 +126,7 @@ class Generator(Anonymizer):
             "task.methods.*.checkpoint",
         )
         self.variant = ckpt.get("variant")  # what it was trained against: mir / sir
+        self.stochastic = bool(self.enc.identity_dim)  # PP-RID: a new identity code per image
         return self
 
     @torch.no_grad()

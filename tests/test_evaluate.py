@@ -23,6 +23,8 @@ class DrawnNoise(Noise):
     """Noise drawn from the global RNG, as PP-RID draws its random person: the evaluation must
     seed the draw itself for the same seed to give the same metrics."""
 
+    stochastic = True
+
     def __call__(self, batch):
         return torch.rand(batch["images"].shape, device=batch["images"].device) * 2 - 1
 

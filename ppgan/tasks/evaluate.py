@@ -542,21 +542,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         log.info("evaluating %s", name)
         # A stochastic method (PP-RID draws a new person per image) is drawn from the run's seed,
         # not from whatever RNG state the previous methods left (their attackers trained or loaded
-        # from the cache): same seed, same release, and the cached adaptive attackers were
-        # trained on this very draw ("draw" in their key).
+        # from the cache): same seed, same release, and its cached adaptive attackers were
+        # trained on this very draw ("draw" in their key). Attackers seed themselves.
         torch.manual_seed(ctx.seed)
         anon = anonymize_all(method, data, bs)
         node_cfg = OmegaConf.to_container(node, resolve=True)
         if node_cfg.get("checkpoint"):
             node_cfg["checkpoint"] = file_digest(node_cfg["checkpoint"])
-        keys = {
-            "adaptive": {
-                "data": base_key["data"],
-                "seed": ctx.seed,
-                "method": node_cfg,
-                "draw": "seeded",
-            }
-        }
+        keys = {"adaptive": {"data": base_key["data"], "seed": ctx.seed, "method": node_cfg}}
+        if method.stochastic:
+            keys["adaptive"]["draw"] = "seeded"
         rows[name] = evaluate_method(ctx, data, orig, anon, judges, unseen, indep, name, ref, keys)
         # What the method was trained against: PP-MIR the identity classifier, PP-SIR the siamese
         # network; the baselines nothing. The report marks a "seen" column the method never saw.
