@@ -11,10 +11,10 @@ import torch
 from ppgan.baselines import Original, Prototype
 from ppgan.data import load_dataset
 from ppgan.data.hdf5 import atomic_h5, load_images
+from ppgan.data.release import export_release, to_source_format
 from ppgan.metrics import release as side
 from ppgan.metrics.bootstrap import auc_counts, clustered_auc_ci, mean_ci
 from ppgan.metrics.diversity import diversity_ratio, near_duplicate_fraction
-from ppgan.tasks.export import export_release, to_source_format
 from tests.conftest import make_cfg
 
 

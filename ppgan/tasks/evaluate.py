@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ppgan.baselines import Anonymizer, quantize
 from ppgan.data import SPLITS, ImageData, load_dataset
 from ppgan.data.hdf5 import load_images
+from ppgan.data.release import export_release
 from ppgan.engine import (
     RunContext,
     build,
@@ -458,8 +459,6 @@ def twin_side_channels(
 ) -> Scores:
     """The side channels of a stochastic method's release, scored on a twin export (see
     `release_side_channels`): the shipped file must have the twin's columns (less `id`)."""
-    from ppgan.tasks.export import export_release  # the exporter the release came from
-
     if method is None:
         raise PpganError(
             f"task.release_files: {path}: its images match no output of this method (another "
