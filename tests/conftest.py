@@ -80,6 +80,17 @@ def judges(tmp_path_factory, data_dir) -> dict[str, Path]:
     return paths
 
 
+# A GAN small enough for the tests: two epochs of small networks, one critic step per iteration.
+SMALL_GAN = [
+    "task.epochs=2",
+    "task.selection_warmup=0",
+    "objective.n_critic=1",
+    "model.encoder.units=16",
+    "model.decoder.units=16",
+    "model.critic.channels=[8,16,16,16]",
+]
+
+
 def judge_overrides(judges: dict[str, Path]) -> list[str]:
     return [f"task.{name}_ckpt={path}" for name, path in judges.items()]
 

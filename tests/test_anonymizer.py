@@ -16,7 +16,7 @@ from ppgan.losses.utility import disease_preservation, roi_reconstruction
 from ppgan.losses.vae import kl_divergence
 from ppgan.models.critic import Critic
 from ppgan.models.vae import Decoder, Encoder
-from tests.conftest import judge_overrides
+from tests.conftest import SMALL_GAN, judge_overrides
 
 
 def test_gradient_penalty_zero_for_unit_norm_linear_critic():
@@ -105,16 +105,7 @@ def test_each_term_moves_the_generator_the_intended_way():
     assert _step(mu, kl_divergence(mu, logvar)).abs().sum() < mu.abs().sum()
 
 
-GAN = [
-    "task=anonymizer",
-    "task.epochs=2",
-    "task.selection_warmup=0",
-    "objective.n_critic=1",
-    "objective.n_gen=1",
-    "model.encoder.units=16",
-    "model.decoder.units=16",
-    "model.critic.channels=[8,16,16,16]",
-]
+GAN = ["task=anonymizer", *SMALL_GAN, "objective.n_gen=1"]
 
 
 @pytest.mark.parametrize("variant", ["pp_mir", "pp_sir"])

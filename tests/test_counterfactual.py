@@ -13,16 +13,9 @@ from ppgan.data import dataset_path
 from ppgan.data.hdf5 import load_images
 from ppgan.errors import PpganError
 from ppgan.losses.counterfactual import target_classes
-from tests.conftest import judge_overrides, make_cfg
+from tests.conftest import SMALL_GAN, judge_overrides, make_cfg
 
-GAN = [
-    "task.epochs=2",
-    "task.selection_warmup=0",
-    "objective.n_critic=1",
-    "model.encoder.units=16",
-    "model.decoder.units=16",
-    "model.critic.channels=[8,16,16,16]",
-]
+GAN = SMALL_GAN
 
 
 def test_target_class_binary_is_the_other_class():

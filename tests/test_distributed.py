@@ -32,7 +32,7 @@ from ppgan.errors import PpganError
 from ppgan.gan import train_stream
 from ppgan.tasks import run_task
 from ppgan.tasks.anonymizer import rank_objective
-from tests.conftest import judge_overrides, make_cfg
+from tests.conftest import SMALL_GAN, judge_overrides, make_cfg
 from tests.ddp_worker import WORLD, gradient_worker
 
 # Measured on 2 CPU cores: the 2-rank identity run's metrics differ from one process's by at
@@ -41,16 +41,7 @@ from tests.ddp_worker import WORLD, gradient_worker
 TOL_CLASSIFIER = {"rel": 1e-4, "abs": 1e-6}
 TOL_GAN = {"rel": 2e-2, "abs": 1e-3}
 IDENTITY = ["task=identity", "task.epochs=4", "task.patience=0", "model.dropout=0"]
-GAN = [
-    "task=anonymizer",
-    "objective=pp_mir",
-    "task.epochs=2",
-    "task.selection_warmup=0",
-    "objective.n_critic=1",
-    "model.encoder.units=16",
-    "model.decoder.units=16",
-    "model.critic.channels=[8,16,16,16]",
-]
+GAN = ["task=anonymizer", "objective=pp_mir", *SMALL_GAN]
 
 
 def test_ranks_split_each_global_batch_into_contiguous_parts():
