@@ -202,6 +202,8 @@ def test_a_stochastic_release_is_attacked_through_a_twin_not_a_made_up_truth(tin
     from ppgan.tasks.evaluate import anonymize_all, release_side_channels
 
     class Noisy:  # the original plus fresh noise on every call: stochastic and leaky
+        stochastic = True
+
         def __call__(self, b):
             return (b["images"] + 0.3 * torch.randn_like(b["images"])).clamp(-1, 1)
 

@@ -401,8 +401,9 @@ def release_side_channels(
     own outputs: from the shipped file nobody can tell who a row shows, the evaluation included.
     Its file is then checked for what the exporter writes (columns, attributes), and the joins
     are scored on a *twin*: the same exporter and `method`, identities recorded, written to a
-    temporary directory and deleted (`release/twin` = 1). Without `method` that is an error,
-    never a made-up truth.
+    temporary directory and deleted (`release/twin` = 1). A deterministic method (or none given)
+    whose release matches none of its outputs is an error (another checkpoint's file), never a
+    made-up truth.
     """
     rel = load_images(path, require_splits=(split,))
     if rel.shape != data.shape:
@@ -417,6 +418,11 @@ def release_side_channels(
         outputs = quantize(anon[split]).cpu()
         true_ids = side.match_truth(rel_images, outputs, orig_ids[o_idx.numpy()], data.n_ids)
         if true_ids is None:
+            if method is None or not method.stochastic:  # a deterministic method must match
+                raise PpganError(
+                    f"task.release_files: {path}: its images match no output of this method "
+                    "(exported by another checkpoint?)"
+                )
             return twin_side_channels(path, rel, data, anon, split, boot, bs, method)
     rel_split, orig_split = rel.split.cpu().numpy(), data.split.cpu().numpy()
     rel_dis, orig_dis = rel.dis[r_idx].cpu().numpy(), data.dis.cpu().numpy()
@@ -455,15 +461,10 @@ def twin_side_channels(
     split: str,
     boot: DictConfig,
     bs: int,
-    method: Anonymizer | None,
+    method: Anonymizer,
 ) -> Scores:
     """The side channels of a stochastic method's release, scored on a twin export (see
     `release_side_channels`): the shipped file must have the twin's columns (less `id`)."""
-    if method is None:
-        raise PpganError(
-            f"task.release_files: {path}: its images match no output of this method (another "
-            "checkpoint, or a stochastic generator without the method to export a twin)"
-        )
     splits = [s for s in SPLITS if len(rel.indices(s))]
     idx = torch.cat([data.indices(s) for s in splits]).sort().values
     with h5py.File(path, "r") as f:
