@@ -130,6 +130,34 @@ def test_resume_matches_uninterrupted(run, judges):
     assert resumed == pytest.approx(full, rel=1e-5)
 
 
+def test_patience_stops_early_and_keeps_the_full_schedules_choice(run, judges, monkeypatch):
+    import ppgan.tasks.anonymizer as anonymizer
+
+    # Scripted validation scores (lower is better): best at epoch 2, then two worse epochs.
+    script = iter([3.0, 2.0, 2.5, 2.4, 1.0, 0.5])
+    real = anonymizer.validate
+
+    def scripted(*a, **k):
+        val = real(*a, **k)
+        return {**val, "score": next(script, val["score"])}
+
+    monkeypatch.setattr(anonymizer, "validate", scripted)
+    args = [*(a.replace("task.epochs=2", "task.epochs=6") for a in GAN), *judge_overrides(judges)]
+    _, out = run(*args, "task.patience=2", name="patient")
+    last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    assert (last["epoch"], best["epoch"]) == (4, 2)
+    # Re-running the stopped run dir trains nothing more (patience is not a config change).
+    run(*args, "task.patience=2", name="patient")
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 4
+    # The kept checkpoint is the one the full schedule reached at that epoch (same seed).
+    monkeypatch.setattr(anonymizer, "validate", real)
+    _, two = run(*GAN, *judge_overrides(judges), name="two")
+    ref = torch.load(two / "checkpoints" / "last.pt", weights_only=True)
+    for k, v in best["encoder"].items():
+        assert torch.equal(v, ref["encoder"][k]), k
+
+
 def test_missing_or_mismatched_judges_are_clear_errors(run, judges, tmp_path):
     with pytest.raises(PpganError, match=r"task.identity_ckpt: required; train one"):
         run(*GAN, f"task.disease_ckpt={judges['disease']}")

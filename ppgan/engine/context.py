@@ -102,10 +102,17 @@ def fit_batch_size(n: int, batch_size: int, what: str) -> int:
     return batch_size
 
 
-# Keys that say where things are, not what is trained: a run dir may be resumed after they change.
-# `task.epochs` is the budget, not the schedule (each epoch's randomness is a function of the
-# seed and the epoch alone), so a finished run may be extended by resuming with more epochs.
-_NOT_SHAPING = ("dataset.data_dir", "dataset.in_memory_max_gb", "task.epochs")
+# Keys that say where things are or when training stops, not what is trained: a run dir may be
+# resumed after they change. Each epoch's randomness is a function of the seed and the epoch
+# alone, so more epochs or an early stop (`patience`) extend or end the same trajectory.
+_NOT_SHAPING = (
+    "dataset.data_dir",
+    "dataset.in_memory_max_gb",
+    "task.epochs",
+    "task.patience",
+    "objective.schedule.epochs",
+    "objective.schedule.patience",
+)
 
 
 def training_config(cfg: DictConfig) -> dict[str, Any]:
@@ -121,11 +128,12 @@ def training_config(cfg: DictConfig) -> dict[str, Any]:
 
 def config_changes(before: dict[str, Any], after: dict[str, Any]) -> str:
     """The keys whose values differ between two `training_config`s, as `key: old -> new` (at most
-    four shown); empty when they are the same."""
+    four shown); empty when they are the same. Keys not shaping training are ignored, also in a
+    config saved by an older ppgan that still recorded them."""
     keys = sorted(
         k
         for k in before.keys() | after.keys()
-        if before.get(k, "<unset>") != after.get(k, "<unset>")
+        if k not in _NOT_SHAPING and before.get(k, "<unset>") != after.get(k, "<unset>")
     )
     shown = ", ".join(
         f"{k}: {before.get(k, '<unset>')!r} -> {after.get(k, '<unset>')!r}" for k in keys[:4]

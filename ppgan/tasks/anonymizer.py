@@ -144,7 +144,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         opts["opt_a"] = opt_a
         train = data.indices("train")
         support = identity_support(data.ids[train], data.dis[train], data.n_ids, data.n_classes)
-    select = Selection(patience=0, warmup=task.selection_warmup)
+    select = Selection(patience=task.patience, warmup=task.selection_warmup)
     start = ctx.resume(nets, opts, select)
     # Generator and critic wrapped separately: each phase all-reduces its own player's gradients.
     train_enc, train_dec, train_critic = (ctx.wrap(net) for net in (enc, dec, critic))
@@ -175,6 +175,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         range(start, task.epochs), desc=f"pp_{obj.variant}", initial=start, total=task.epochs
     )
     for epoch in bar:
+        if select.should_stop:  # also a run killed between its last epoch and metrics.json
+            break
         ctx.seed_epoch(epoch)
         stream = train_stream(data, batch_size, ctx.seed, epoch, part=ctx.dist.part)
         refs = None
@@ -205,12 +207,20 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         val = ctx.dist.broadcast(validate(enc, dec, judges, data, cfg, adversary))
         for k, v in val.items():
             ctx.writer.add_scalar(f"val/{k}", v, epoch + 1)
-        final = epoch + 1 == task.epochs
+        improved = select.update((val["score"],), epoch)
+        final = epoch + 1 == task.epochs or select.should_stop
         if ctx.dist.is_main and ((epoch + 1) % task.sample_every == 0 or final):
             save_samples(ctx, enc, dec, fixed, epoch + 1)
         bar.set_postfix(score=f"{val['score']:.3f}", agree=f"{val['disease_agreement']:.2f}")
-        improved = select.update((val["score"],), epoch)
         ctx.end_epoch(epoch, nets, opts, select, improved, **meta)
+        if select.should_stop:
+            log.info(
+                "early stop after epoch %d: no better validation score in %d epochs (best: "
+                "epoch %d)",
+                epoch + 1,
+                task.patience,
+                select.best_epoch + 1,
+            )
 
     if not (ctx.ckpt_dir / "best.pt").exists():  # warm-up longer than the run: keep the last
         ctx.save("best", load_checkpoint(ctx.ckpt_dir / "last.pt"))
