@@ -228,6 +228,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     enc.load_state_dict(best["encoder"]), dec.load_state_dict(best["decoder"])
     if adversary is not None:
         adversary.load_state_dict(best["adversary"])
+    # The final numbers are a function of the kept checkpoint: the same random draws whether
+    # training ran to the end, stopped early or was resumed.
+    torch.manual_seed(ctx.seed)
     val = validate(enc, dec, judges, data, cfg, adversary)
     metrics = {f"val/{k}": v for k, v in val.items()}
     metrics.update({"best_epoch": best["epoch"], "chance/identity": 1.0 / data.n_ids})

@@ -207,6 +207,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         ctx.save("best", load_checkpoint(ctx.ckpt_dir / "last.pt"))
     best = load_checkpoint(ctx.ckpt_dir / "best.pt")
     cf_dec.load_state_dict(best["cf_decoder"])
+    # The final numbers are a function of the kept checkpoint: the same random draws whether
+    # training ran to the end, stopped early or was resumed.
+    torch.manual_seed(ctx.seed)
     val = validate(enc, dec, cf_dec, judges, data, cfg)
     return ctx.finish({**{f"val/{k}": v for k, v in val.items()}, "best_epoch": best["epoch"]})
 
