@@ -16,7 +16,7 @@ from ppgan.losses.utility import disease_preservation, roi_reconstruction
 from ppgan.losses.vae import kl_divergence
 from ppgan.models.critic import Critic
 from ppgan.models.vae import Decoder, Encoder
-from tests.conftest import SMALL_GAN, judge_overrides
+from tests.conftest import SMALL_GAN, judge_overrides, make_cfg
 
 
 def test_gradient_penalty_zero_for_unit_norm_linear_critic():
@@ -130,6 +130,12 @@ def test_resume_matches_uninterrupted(run, judges):
     assert resumed == pytest.approx(full, rel=1e-5)
 
 
+def test_patience_comes_from_the_objectives_schedule():
+    assert make_cfg("task=anonymizer", "model=rid_gan", "objective=pp_rid").task.patience == 8
+    assert make_cfg("task=anonymizer").task.patience == 0  # PP-MIR: the paper's fixed schedule
+    assert make_cfg("task=anonymizer", "objective=pp_sir").task.patience == 0
+
+
 def test_patience_stops_early_and_keeps_the_full_schedules_choice(run, judges, monkeypatch):
     import ppgan.tasks.anonymizer as anonymizer
 
@@ -147,8 +153,9 @@ def test_patience_stops_early_and_keeps_the_full_schedules_choice(run, judges, m
     last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
     assert (last["epoch"], best["epoch"]) == (4, 2)
-    # Re-running the stopped run dir trains nothing more (patience is not a config change).
-    run(*args, "task.patience=2", name="patient")
+    # Re-running the stopped run dir trains nothing more, also with a patience it has run out
+    # of (patience is not a config change; raising it would train on).
+    run(*args, "task.patience=1", name="patient")
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 4
     # The kept checkpoint is the one the full schedule reached at that epoch (same seed).
     monkeypatch.setattr(anonymizer, "validate", real)

@@ -56,6 +56,14 @@ def test_pipeline_runs_every_stage_and_resumes(run):
     # ... and a re-run with another training config refuses to mix it with the finished stages.
     with pytest.raises(PpganError, match="stage 'disease' finished with another config"):
         run("task=pipeline", "optimizer.lr=0.002", name="pipe")
+    # So does another budget (not part of a checkpoint's config: a run dir alone may extend).
+    with pytest.raises(PpganError, match=r"stage 'pp_mir' .*task\.patience: 0 -> 1"):
+        run(
+            "task=pipeline",
+            "optimizer.lr=0.00123",
+            '+task.overrides.pp_mir=["task.patience=1"]',
+            name="pipe",
+        )
 
 
 def test_pipeline_skips_stages_and_their_inputs(run):

@@ -175,7 +175,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         range(start, task.epochs), desc=f"pp_{obj.variant}", initial=start, total=task.epochs
     )
     for epoch in bar:
-        if select.should_stop:  # also a run killed between its last epoch and metrics.json
+        if select.should_stop:  # a resumed run that had stopped early (or was killed after it)
+            log.info(
+                "stopped early before (best: epoch %d, then %d without a better validation "
+                "score); raise task.patience, or set it to 0, to train on",
+                select.best_epoch + 1,
+                select.bad_epochs,
+            )
             break
         ctx.seed_epoch(epoch)
         stream = train_stream(data, batch_size, ctx.seed, epoch, part=ctx.dist.part)
@@ -208,7 +214,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         for k, v in val.items():
             ctx.writer.add_scalar(f"val/{k}", v, epoch + 1)
         improved = select.update((val["score"],), epoch)
-        final = epoch + 1 == task.epochs or select.should_stop
+        # Not on an early stop's last epoch: PP-RID's grid draws codes from the run's one random
+        # stream, and a stopped run extended later must draw what a run never stopped would.
+        final = epoch + 1 == task.epochs
         if ctx.dist.is_main and ((epoch + 1) % task.sample_every == 0 or final):
             save_samples(ctx, enc, dec, fixed, epoch + 1)
         bar.set_postfix(score=f"{val['score']:.3f}", agree=f"{val['disease_agreement']:.2f}")
@@ -222,6 +230,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 select.best_epoch + 1,
             )
 
+    bar.close()
     if not (ctx.ckpt_dir / "best.pt").exists():  # warm-up longer than the run: keep the last
         ctx.save("best", load_checkpoint(ctx.ckpt_dir / "last.pt"))
     best = load_checkpoint(ctx.ckpt_dir / "best.pt")
