@@ -21,7 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from ppgan.config import compose_config
 from ppgan.engine import RunContext, load_checkpoint
-from ppgan.engine.context import config_changes, training_config
+from ppgan.engine.context import (
+    BUDGET_KEYS,
+    LOCATION_KEYS,
+    config_changes,
+    training_config,
+)
 from ppgan.engine.distributed import current
 from ppgan.errors import PpganError
 from ppgan.tasks import run_task
@@ -78,26 +83,12 @@ def stage_config(cfg: DictConfig, name: str, overrides: list[str], user: list[st
     return compose_config([*overrides, *applied, *extra])
 
 
-# When training stops: not part of a checkpoint's config (a run dir resumed alone may extend or
-# stop its run), but a finished stage trained for another budget is not the one asked for.
-BUDGET_KEYS = ("task.epochs", "task.patience")
-
-
-def same_stage_config(name: str, trained: dict, now: DictConfig, saved: Path) -> None:
-    """A finished training stage is reused only if it was trained with the config asked for now
-    (`trained`: the config its checkpoint records; `saved`: the stage's composed config, for
-    the budget)."""
-    changes = config_changes(trained, training_config(now))
-    if not changes and saved.is_file():
-        before = OmegaConf.load(saved)
-        budget = [
-            f"{key}: {old!r} -> {new!r}"
-            for key in BUDGET_KEYS
-            if (old := OmegaConf.select(before, key, default=None))
-            != (new := OmegaConf.select(now, key, default=None))
-        ]
-        changes = ", ".join(budget)
-    if changes:
+def same_stage_config(name: str, trained: dict, now: DictConfig) -> None:
+    """A finished training stage is reused only if it was trained with the config asked for now,
+    budget included (`trained`: the config its checkpoint records; a budget key it does not
+    record, as checkpoints of older ppgan versions, is not compared)."""
+    ignore = LOCATION_KEYS + tuple(k for k in BUDGET_KEYS if k not in trained)
+    if changes := config_changes(trained, training_config(now), ignore):
         raise PpganError(
             f"hydra.run.dir: stage '{name}' finished with another config ({changes}); "
             "re-run with the original overrides or use a new run dir"
@@ -136,8 +127,7 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, user: list[str]) -> dict[str, f
         if (stage_dir / "metrics.json").exists():
             last = stage_dir / "checkpoints" / "last.pt"
             if stage_dir.is_relative_to(out_dir) and last.exists():  # a training stage of ours
-                trained = load_checkpoint(last).get("train_config") or {}
-                same_stage_config(name, trained, sub, saved)
+                same_stage_config(name, load_checkpoint(last).get("train_config") or {}, sub)
             log.info("stage %s: done, skipped (%s)", name, stage_dir)
             continue
         log.info("stage %s: task=%s -> %s", name, sub.task.name, stage_dir)

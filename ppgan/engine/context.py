@@ -102,12 +102,13 @@ def fit_batch_size(n: int, batch_size: int, what: str) -> int:
     return batch_size
 
 
-# Keys that say where things are or when training stops, not what is trained: a run dir may be
-# resumed after they change. Each epoch's randomness is a function of the seed and the epoch
-# alone, so more epochs or an early stop (`patience`) extend or end the same trajectory.
-_NOT_SHAPING = (
-    "dataset.data_dir",
-    "dataset.in_memory_max_gb",
+# Where things are, not what is trained: never a reason to refuse a run dir.
+LOCATION_KEYS = ("dataset.data_dir", "dataset.in_memory_max_gb")
+# When training stops. Each epoch's randomness is a function of the seed and the epoch alone, so
+# more epochs or an early stop (`patience`) extend or end the same trajectory: a run dir may be
+# resumed after they change, but a finished pipeline stage trained for another budget is not the
+# one asked for (ppgan.pipeline).
+BUDGET_KEYS = (
     "task.epochs",
     "task.patience",
     "objective.schedule.epochs",
@@ -116,24 +117,28 @@ _NOT_SHAPING = (
 
 
 def training_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config that shapes training, flattened to `group.key: value`.
+    """The resolved config of a training run, flattened to `group.key: value`.
 
-    Stored in every training checkpoint; resuming a run dir with a different one is refused.
+    Stored in every training checkpoint; resuming a run dir with a different one is refused
+    (`config_changes`).
     """
-    flat = flatten_groups(
+    return flatten_groups(
         cfg, ("model", "objective", "task", "dataset", "optimizer", "critic_optimizer")
     )
-    return {k: v for k, v in flat.items() if k not in _NOT_SHAPING}
 
 
-def config_changes(before: dict[str, Any], after: dict[str, Any]) -> str:
-    """The keys whose values differ between two `training_config`s, as `key: old -> new` (at most
-    four shown); empty when they are the same. Keys not shaping training are ignored, also in a
-    config saved by an older ppgan that still recorded them."""
+def config_changes(
+    before: dict[str, Any],
+    after: dict[str, Any],
+    ignore: tuple[str, ...] = LOCATION_KEYS + BUDGET_KEYS,
+) -> str:
+    """The keys (less `ignore`) whose values differ between two `training_config`s, as
+    `key: old -> new` (at most four shown); empty when they are the same. The default ignores
+    what a resumed run may change."""
     keys = sorted(
         k
         for k in before.keys() | after.keys()
-        if k not in _NOT_SHAPING and before.get(k, "<unset>") != after.get(k, "<unset>")
+        if k not in ignore and before.get(k, "<unset>") != after.get(k, "<unset>")
     )
     shown = ", ".join(
         f"{k}: {before.get(k, '<unset>')!r} -> {after.get(k, '<unset>')!r}" for k in keys[:4]
