@@ -175,10 +175,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         range(start, task.epochs), desc=f"pp_{obj.variant}", initial=start, total=task.epochs
     )
     for epoch in bar:
-        if select.should_stop:  # a resumed run that had stopped early (or was killed after it)
+        if select.should_stop:  # also a resumed run that had stopped early
             log.info(
-                "stopped early before (best: epoch %d, then %d without a better validation "
-                "score); raise task.patience, or set it to 0, to train on",
+                "early stop before epoch %d: no better validation score since epoch %d (%d "
+                "epochs; raise task.patience, or set it to 0, to train on)",
+                epoch + 1,
                 select.best_epoch + 1,
                 select.bad_epochs,
             )
@@ -213,22 +214,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         val = ctx.dist.broadcast(validate(enc, dec, judges, data, cfg, adversary))
         for k, v in val.items():
             ctx.writer.add_scalar(f"val/{k}", v, epoch + 1)
-        improved = select.update((val["score"],), epoch)
-        # Not on an early stop's last epoch: PP-RID's grid draws codes from the run's one random
-        # stream, and a stopped run extended later must draw what a run never stopped would.
+        # No extra grid on an early stop's last epoch: PP-RID's grid draws codes from the run's
+        # one random stream, and a stopped run extended later must draw what an unstopped one would.
         final = epoch + 1 == task.epochs
         if ctx.dist.is_main and ((epoch + 1) % task.sample_every == 0 or final):
             save_samples(ctx, enc, dec, fixed, epoch + 1)
         bar.set_postfix(score=f"{val['score']:.3f}", agree=f"{val['disease_agreement']:.2f}")
+        improved = select.update((val["score"],), epoch)
         ctx.end_epoch(epoch, nets, opts, select, improved, **meta)
-        if select.should_stop:
-            log.info(
-                "early stop after epoch %d: no better validation score in %d epochs (best: "
-                "epoch %d)",
-                epoch + 1,
-                task.patience,
-                select.best_epoch + 1,
-            )
 
     bar.close()
     if not (ctx.ckpt_dir / "best.pt").exists():  # warm-up longer than the run: keep the last
