@@ -13,6 +13,14 @@ consistent look, and an attacker who trains on the outputs learns it back. PP-RI
   identities (the adaptive attacker inside the loop, as PriCheXy-Net's retrained verifier
   argues), and the generator pushes its prediction to uniform -- so identity left in the content
   part is found and removed;
+* optionally (`loss.latent`), identity is removed from the content part of the release latent
+  with no adversary: the share of its variance, beyond the disease, that identity explains
+  over the whole training set (`identity_explained_variance`, from a bank of every training
+  image's latest content, `LatentBank`) is pushed down. The release image depends on the
+  person only through that content (the code is drawn independently of anyone), so identity
+  removed there cannot be rendered back. An adversary pushed to uniform (the `adaptive` term,
+  or one on the latent) is evaded by moving the identities around rather than removing them:
+  in a toy test (tests/test_anonymizer.py) a fresh probe still read identity almost perfectly;
 * the WGAN critic judges the release images (realism), the frozen disease network keeps the
   diagnosis, and the code must be recoverable from the release image (no collapse to one
   picture per class).
@@ -28,8 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ppgan.errors import PpganError
 from ppgan.gan.step import GanStep, prepare_objective
 from ppgan.losses.generator import Judges, random_identity_terms
+from ppgan.models.bank import LatentBank
 from ppgan.models.vae import reparameterize
 
 
@@ -67,6 +77,7 @@ def random_identity_step(
     objective_cfg: Mapping[str, Any],
     id_support: Tensor,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    bank: LatentBank | None = None,
 ) -> GanStep:
     """The PP-RID iteration (`task=anonymizer objective=pp_rid model=rid_gan`).
 
@@ -76,10 +87,14 @@ def random_identity_step(
     Args:
         id_support: [n_classes, n_ids] 0/1, which identities have training images of each
             disease class (`identity_support`).
+        bank: for the `latent` term (required when `loss.latent > 0`): the bank of every
+            item's latest content latent, updated by each generator step.
     """
     objective_cfg, objective = prepare_objective(objective_cfg, critic, judges)
     n_adversary = int(objective_cfg.get("n_adversary", 1))
     shift = int(objective_cfg.get("adversary_shift", 0))
+    if objective.uses("latent") and bank is None:
+        raise PpganError("objective.loss.latent > 0 needs a LatentBank (task=anonymizer builds it)")
 
     def release(b: dict) -> Tensor:
         return dec(enc(b["images"], b["masks"])[0])
@@ -107,10 +122,11 @@ def random_identity_step(
         code = torch.randn(len(real), enc.identity_dim, device=z.device, dtype=z.dtype)
         # One decoder pass for both: the reconstruction and the release image.
         recon, fake = dec(torch.cat([z, torch.cat([content, code], 1)])).chunk(2)
+        content_mu = enc.split(mu)[0]
         code_of_fake = None
         if objective.uses("code"):
             code_of_fake = enc.split(enc.posterior(fake, mask)[0])[1]
-        return random_identity_terms(
+        terms = random_identity_terms(
             real,
             mask,
             recon,
@@ -124,7 +140,14 @@ def random_identity_step(
             adversary,
             objective,
             id_support[b["dis"]],
+            # The release's content is the posterior *mean* (Encoder.forward): the one judged.
+            content=content_mu,
+            batch=b,
+            bank=bank,
         )
+        if bank is not None:
+            bank.update(b["index"], content_mu)
+        return terms
 
     return GanStep(
         critic=critic,

@@ -14,9 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from ppgan.losses.adversarial import generator_adversarial
-from ppgan.losses.privacy import different_loss, jittered_uniform, soft_cross_entropy
+from ppgan.losses.privacy import (
+    different_loss,
+    identity_explained_variance,
+    jittered_uniform,
+    soft_cross_entropy,
+)
 from ppgan.losses.utility import disease_preservation, roi_reconstruction
 from ppgan.losses.vae import kl_divergence
+from ppgan.models.bank import LatentBank
 from ppgan.models.siamese import pair_distance
 
 
@@ -145,6 +151,9 @@ def random_identity_terms(
     adversary: nn.Module,
     objective: Objective,
     id_support: Tensor,
+    content: Tensor | None = None,
+    batch: Mapping[str, Tensor] | None = None,
+    bank: LatentBank | None = None,
 ) -> dict[str, Tensor]:
     """PP-RID's generator terms (README, "PP-RID"), unweighted; zero-weight terms are skipped.
 
@@ -158,14 +167,19 @@ def random_identity_terms(
             those with training images of the same disease class. The release shows the disease,
             so the best an anonymizer can do is `chance | disease` -- uniform over this set;
             asking for uniform over *all* identities would ask it to hide the diagnosis too.
+        content, batch, bank: for the `latent` term: the content part of the release latent
+            (the posterior mean) of `batch` (its item numbers `index`), and the bank of every
+            training image's latest content.
 
     Terms: `kl` (both parts to N(0, I)), `rec` (whole-image reconstruction from the posterior:
     keeps the autoencoder realistic and teaches the decoder to render an identity from the code),
     `adv` (WGAN realism of the release image), `disease` (the frozen disease network's decision
     kept), `identity` (frozen identity classifier pushed to uniform, as PP-MIR), `adaptive` (the
-    in-loop adversary pushed to uniform), `roi_rec` (release image vs original inside the ROI),
-    `code` (the identity code is recoverable from the release image, so the decoder cannot ignore
-    it: distinct draws give distinct people).
+    in-loop adversary pushed to uniform), `latent` (the share of the release latent's content
+    variance, beyond the disease, that identity explains over the training set:
+    `identity_explained_variance`), `roi_rec` (release image vs original inside the ROI),
+    `code` (the identity code is recoverable from the release image, so the decoder cannot
+    ignore it: distinct draws give distinct people).
     """
     w = objective.weights
     terms: dict[str, Tensor] = {}
@@ -180,13 +194,19 @@ def random_identity_terms(
             logits_real = judges.disease(real)
         terms["disease"] = disease_preservation(logits_real, judges.disease(fake))
     if w.get("identity") or w.get("adaptive"):
-        target = jittered_uniform(len(fake), id_support.shape[1], objective.jitter, fake.device)
+        n = len(id_support)
+        target = jittered_uniform(n, id_support.shape[1], objective.jitter, id_support.device)
         target = target * id_support
         target = target / target.sum(1, keepdim=True)
     if w.get("identity"):
         terms["identity"] = soft_cross_entropy(target, judges.identity(fake))
     if w.get("adaptive"):
         terms["adaptive"] = soft_cross_entropy(target, adversary(fake))
+    if w.get("latent") and content is not None:
+        latents, valid = bank.with_batch(batch["index"], content)
+        terms["latent"] = identity_explained_variance(
+            latents, bank.ids, bank.dis, valid, bank.n_ids, bank.n_classes
+        )
     if w.get("roi_rec"):
         terms["roi_rec"] = roi_reconstruction(real, fake, mask, objective.roi_rec_reduction)
     if w.get("code") and code_of_fake is not None:

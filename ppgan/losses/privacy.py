@@ -27,3 +27,42 @@ def soft_cross_entropy(target: Tensor, logits: Tensor) -> Tensor:
 def different_loss(d: Tensor, margin: float) -> Tensor:
     """The contrastive loss with target 'different': mean(max(margin − d, 0)^2) over all entries."""
     return (margin - d).clamp(min=0).pow(2).mean()
+
+
+def identity_explained_variance(
+    z: Tensor,
+    ids: Tensor,
+    dis: Tensor,
+    valid: Tensor,
+    n_ids: int,
+    n_classes: int,
+    ridge: float = 1e-3,
+) -> Tensor:
+    """How much of a latent's variance, beyond the disease, identity explains: tr(S_w^-1 S_b)
+    of the latents with their disease-class means removed, S_b the scatter of the per-identity
+    means and S_w the (detached) covariance, over the rows `valid` of `z` [N, D].
+
+    This is what a linear probe reads (the Mahalanobis distances between the identities'
+    means): D when identity determines every direction, about D * n_ids / N (the sampling floor)
+    when the latent is independent of identity given the disease. Scale-free: rescaling the
+    latent changes nothing. `ridge` (times the mean variance) keeps S_w invertible.
+    Computed without host syncs (`cholesky_ex`).
+    """
+    z = z.float()
+    w = valid.float()[:, None]
+    count = w.sum().clamp(min=1)
+
+    def group_means(v: Tensor, group: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        sums = v.new_zeros(k, v.shape[1]).index_add(0, group, v * w)
+        counts = v.new_zeros(k).index_add(0, group, w[:, 0])
+        return sums / counts.clamp(min=1)[:, None], counts
+
+    class_means, _ = group_means(z, dis, n_classes)
+    r = (z - class_means[dis]) * w
+    cov = (r.T @ r / count).detach()
+    cov = cov + ridge * cov.diagonal().mean() * torch.eye(len(cov), device=z.device)
+    chol, _ = torch.linalg.cholesky_ex(cov)
+    id_means, id_counts = group_means(r, ids, n_ids)
+    # sum_i (n_i / N) m_i^T S_w^-1 m_i
+    white = torch.linalg.solve_triangular(chol, id_means.T, upper=False)  # [D, n_ids]
+    return (white.pow(2).sum(0) * id_counts).sum() / count

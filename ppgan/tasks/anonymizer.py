@@ -133,7 +133,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     opt_c = build(cfg.critic_optimizer, params=critic.parameters())
     nets = {"encoder": (enc, enc_spec), "decoder": (dec, dec_spec), "critic": (critic, critic_spec)}
     opts = {"opt_g": opt_g, "opt_c": opt_c}
-    adversary = support = None
+    adversary = support = bank = None
     if rid:  # the adaptive attacker inside the loop, an identity classifier of its own
         if m.get("adversary") is None:
             raise PpganError("objective=pp_rid needs model.adversary (use model=rid_gan)")
@@ -144,6 +144,17 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         opts["opt_a"] = opt_a
         train = data.indices("train")
         support = identity_support(data.ids[train], data.dis[train], data.n_ids, data.n_classes)
+        if obj.loss.get("latent"):  # the latest content latent of every item (README, "PP-RID")
+            content_dim = int(m.encoder.z_dim) - int(m.encoder.identity_dim)
+            bank, bank_spec = build_model(
+                {"_target_": "ppgan.models.bank.LatentBank"},
+                n_items=len(data),
+                dim=content_dim,
+                n_ids=data.n_ids,
+                n_classes=data.n_classes,
+            )
+            bank.to(ctx.device).label(data.ids, data.dis)
+            nets["latent_bank"] = (bank, bank_spec)
     select = Selection(patience=task.patience, warmup=task.selection_warmup)
     start = ctx.resume(nets, opts, select)
     # Generator and critic wrapped separately: each phase all-reduces its own player's gradients.
@@ -192,7 +203,18 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             refs = reference_embeddings(judges.siamese, data, gen, cfg.trainer.eval_batch_size)
         if rid:
             step = random_identity_step(
-                enc, dec, critic, adversary, opt_g, opt_c, opt_a, judges, obj, support, ctx.autocast
+                enc,
+                dec,
+                critic,
+                adversary,
+                opt_g,
+                opt_c,
+                opt_a,
+                judges,
+                obj,
+                support,
+                ctx.autocast,
+                bank,
             )
         else:
             step = anonymizer_step(
