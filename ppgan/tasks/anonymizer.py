@@ -215,6 +215,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 support,
                 ctx.autocast,
                 bank,
+                lambda: data.batches("train", cfg.trainer.eval_batch_size),
             )
         else:
             step = anonymizer_step(
