@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# PP-RID with the `latent` term (objective.loss.latent=1) on the second data shape, with and
+# without masks, against the default PP-RID of experiments/per_image.sh (README, "A second data
+# shape"). Needs that script's run dir (its judges, data files and default PP-RID checkpoints).
+#
+#   bash experiments/per_image_latent.sh [PER_IMAGE_ROOT] [OUT_ROOT]
+#     defaults: outputs/per_image, outputs/per_image_latent
+#
+# 1. trains the variant on each shape (one thread each, side by side; skipped where its run dir
+#    has finished);
+# 2. validation split: the variant and the default PP-RID, every attacker (the choice);
+# 3. test split: the same with the baselines (the report), gates into
+#    experiments/results/per_image/latent_{val,test}_{masks,no_masks}.md.
+# Attackers already trained by an earlier evaluation of the same inputs are reused from its
+# cache (`attackers/`), e.g. those of experiments/per_image.sh for the test split.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=${1:-outputs/per_image}
+OUT=${2:-outputs/per_image_latent}
+PY=${PYTHON:-python}
+RESULTS=experiments/results/per_image/latent_val
+mkdir -p "$OUT" "$RESULTS"
+M=$ROOT/masks
+JUDGES="task.disease_ckpt=$M/disease/checkpoints/best.pt task.identity_ckpt=$M/identity/checkpoints/best.pt task.siamese_ckpt=$M/siamese/checkpoints/best.pt"
+data() {  # the data overrides of a shape
+    if [ "$1" = masks ]; then echo "dataset.path=$ROOT/masks/synthesize/synthetic_iris.h5"
+    else echo "dataset.generator.masks=false dataset.path=$ROOT/no_masks/synthesize/synthetic_iris.h5"; fi
+}
+
+for v in masks no_masks; do
+    if [ -f "$OUT/$v/pp_rid_latent/metrics.json" ]; then continue; fi  # trained already
+    # shellcheck disable=SC2046
+    OMP_NUM_THREADS=1 $PY -m ppgan task=anonymizer dataset=synthetic_per_image $(data $v) \
+        model=rid_gan objective=pp_rid objective.loss.latent=1 $JUDGES \
+        hydra.run.dir="$OUT/$v/pp_rid_latent" > "$OUT/$v.train.log" 2>&1 &
+done
+wait
+
+evaluate() {  # shape split extra-overrides...
+    local v=$1 split=$2; shift 2
+    local dir="$OUT/$v/evaluate_$split"
+    mkdir -p "$dir/attackers"
+    for cache in "$ROOT/$v/evaluate/attackers" "$ROOT/$v/evaluate_gates/attackers"; do
+        if [ -d "$cache" ]; then cp -n "$cache"/*.pt "$dir/attackers/"; fi
+    done
+    # shellcheck disable=SC2046
+    OMP_NUM_THREADS=1 $PY -m ppgan task=evaluate task.split="$split" dataset=synthetic_per_image \
+        $(data "$v") $JUDGES '~task.methods.pp_mir' '~task.methods.pp_sir' \
+        task.methods.pp_rid.checkpoint="$ROOT/$v/pp_rid/checkpoints/best.pt" \
+        "+task.methods.pp_rid_latent={_target_:ppgan.baselines.Generator,checkpoint:$OUT/$v/pp_rid_latent/checkpoints/best.pt}" \
+        "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1
+    cp "$dir/metrics.json" "$RESULTS/${split}_${v}_metrics.json"
+    cp "$dir/report.md" "$RESULTS/${split}_${v}_report.md"
+    $PY experiments/gates.py "$dir/metrics.json" | tee "$RESULTS/${split}_${v}_gates.md"
+}
+BASELINES="~task.methods.blur ~task.methods.pixelate ~task.methods.ksame ~task.methods.prototype"
+# shellcheck disable=SC2086
+for v in masks no_masks; do evaluate $v val $BASELINES & done
+wait
+# The masked variant's test table keeps the baselines of experiments/per_image.sh's (no
+# pixelate, no prototype); the exported file of the default PP-RID is attacked as there.
+evaluate masks test '~task.methods.pixelate' '~task.methods.prototype' \
+    "task.release_files.pp_rid=$ROOT/masks/export_pp_rid/anonymized.h5" &
+evaluate no_masks test "task.release_files.pp_rid=$ROOT/no_masks/export_pp_rid/anonymized.h5" &
+wait
+for v in masks no_masks; do
+    $PY experiments/probe_content.py "$OUT/$v/pp_rid_latent/checkpoints/best.pt" \
+        "$ROOT/$v/synthesize/synthetic_iris.h5" --json "$RESULTS/probe_${v}_latent.json"
+    $PY experiments/probe_content.py "$ROOT/$v/pp_rid/checkpoints/best.pt" \
+        "$ROOT/$v/synthesize/synthetic_iris.h5" --json "$RESULTS/probe_${v}_default.json"
+done
