@@ -108,8 +108,8 @@ def random_identity_step(
     def refresh_bank() -> None:
         # Contents written during earlier steps came from earlier encoders: the encoder can move
         # each person's contents faster than a stale bank follows, and the statistic then
-        # misses identity the current encoder shows (measured: 2.6 on the bank, 5.8 for the
-        # same training images re-encoded, floor 1.5).
+        # misses identity the current encoder shows (README "PP-RID": without the refresh the
+        # bank read 2.7 while the same training images re-encoded read 5.5, floor 1.5).
         enc.eval()
         for items in bank_items():
             with autocast():
@@ -143,6 +143,8 @@ def random_identity_step(
         code = torch.randn(len(real), enc.identity_dim, device=z.device, dtype=z.dtype)
         # One decoder pass for both: the reconstruction and the release image.
         recon, fake = dec(torch.cat([z, torch.cat([content, code], 1)])).chunk(2)
+        # The refresh comes after this step's training-mode encoder pass (whose BatchNorm
+        # statistics update it then sees): the order the measured runs used.
         nonlocal gen_steps
         if refresh and gen_steps % refresh == 0:
             refresh_bank()
@@ -150,9 +152,9 @@ def random_identity_step(
         content_mu = None
         if objective.uses("latent"):
             # What is released is the eval-mode posterior mean (no dropout, BatchNorm's running
-            # statistics): judge that, with gradients. The training-mode mean's dropout noise
-            # hides identity from the statistic that the release then shows (measured: a probe
-            # read identity from 0.75 of the eval-mode contents at a near-floor training value).
+            # statistics): judge that, with gradients. The training-mode mean carries dropout
+            # noise, which inflates the within-person spread the statistic divides by, so
+            # identity the release shows could look removed.
             enc.eval()
             content_mu = enc.split(enc.posterior(real, mask)[0])[0]
             enc.train()
