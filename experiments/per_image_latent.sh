@@ -9,8 +9,8 @@
 # 1. trains the variant on each shape (one thread each, side by side; skipped where its run dir
 #    has finished);
 # 2. validation split: the variant and the default PP-RID, every attacker (the choice);
-# 3. test split: the same with the baselines (the report), gates into
-#    experiments/results/per_image/latent_{val,test}_{masks,no_masks}.md.
+# 3. test split: the same with the baselines (the report); metrics, reports, gates and content
+#    probes into experiments/results/per_image/latent_val/ ({val,test}_{masks,no_masks}_*).
 # Attackers already trained by an earlier evaluation of the same inputs are reused from its
 # cache (`attackers/`), e.g. those of experiments/per_image.sh for the test split.
 set -euo pipefail
@@ -27,21 +27,25 @@ data() {  # the data overrides of a shape
     else echo "dataset.generator.masks=false dataset.path=$ROOT/no_masks/synthesize/synthetic_iris.h5"; fi
 }
 
+pids=()
 for v in masks no_masks; do
     if [ -f "$OUT/$v/pp_rid_latent/metrics.json" ]; then continue; fi  # trained already
     # shellcheck disable=SC2046
     OMP_NUM_THREADS=1 $PY -m ppgan task=anonymizer dataset=synthetic_per_image $(data $v) \
         model=rid_gan objective=pp_rid objective.loss.latent=1 $JUDGES \
         hydra.run.dir="$OUT/$v/pp_rid_latent" > "$OUT/$v.train.log" 2>&1 &
+    pids+=($!)
 done
-wait
+for p in "${pids[@]}"; do wait "$p"; done  # a failed job stops the script
 
 evaluate() {  # shape split extra-overrides...
     local v=$1 split=$2; shift 2
     local dir="$OUT/$v/evaluate_$split"
     mkdir -p "$dir/attackers"
     for cache in "$ROOT/$v/evaluate/attackers" "$ROOT/$v/evaluate_gates/attackers"; do
-        if [ -d "$cache" ]; then cp -n "$cache"/*.pt "$dir/attackers/"; fi
+        if [ -d "$cache" ]; then
+            for f in "$cache"/*.pt; do [ -e "$dir/attackers/${f##*/}" ] || cp "$f" "$dir/attackers/"; done
+        fi
     done
     # shellcheck disable=SC2046
     OMP_NUM_THREADS=1 $PY -m ppgan task=evaluate task.split="$split" dataset=synthetic_per_image \
@@ -54,15 +58,18 @@ evaluate() {  # shape split extra-overrides...
     $PY experiments/gates.py "$dir/metrics.json" | tee "$RESULTS/${split}_${v}_gates.md"
 }
 BASELINES="~task.methods.blur ~task.methods.pixelate ~task.methods.ksame ~task.methods.prototype"
+pids=()
 # shellcheck disable=SC2086
-for v in masks no_masks; do evaluate $v val $BASELINES & done
-wait
+for v in masks no_masks; do evaluate $v val $BASELINES & pids+=($!); done
+for p in "${pids[@]}"; do wait "$p"; done
 # The masked variant's test table keeps the baselines of experiments/per_image.sh's (no
 # pixelate, no prototype); the exported file of the default PP-RID is attacked as there.
 evaluate masks test '~task.methods.pixelate' '~task.methods.prototype' \
     "task.release_files.pp_rid=$ROOT/masks/export_pp_rid/anonymized.h5" &
+pids=($!)
 evaluate no_masks test "task.release_files.pp_rid=$ROOT/no_masks/export_pp_rid/anonymized.h5" &
-wait
+pids+=($!)
+for p in "${pids[@]}"; do wait "$p"; done
 for v in masks no_masks; do
     $PY experiments/probe_content.py "$OUT/$v/pp_rid_latent/checkpoints/best.pt" \
         "$ROOT/$v/synthesize/synthetic_iris.h5" --json "$RESULTS/probe_${v}_latent.json"

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ppgan.data.hdf5 import load_images
+from ppgan.engine.context import config_changes
 from ppgan.errors import PpganError
 from ppgan.losses.adversarial import generator_adversarial, gradient_penalty
 from ppgan.losses.generator import Objective, random_identity_terms
@@ -293,7 +294,8 @@ def test_rid_trains_its_adversary_and_releases_random_people(run, judges):
 
 
 def test_rid_latent_term_trains_checkpoints_its_bank_and_resumes(run, judges):
-    args = [*RID, "objective.loss.latent=1", *judge_overrides(judges)]
+    # No refresh: the resumed run must then read the bank it saved.
+    args = [*RID, "objective.loss.latent=1", "objective.latent_refresh=0", *judge_overrides(judges)]
     metrics, out = run(*args, name="latent")
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     bank = ckpt["latent_bank"]
@@ -306,6 +308,14 @@ def test_rid_latent_term_trains_checkpoints_its_bank_and_resumes(run, judges):
     ea = EventAccumulator(str(out / "tb"))
     ea.Reload()
     assert "gen/latent" in ea.Tags()["scalars"]
+
+
+def test_configs_older_than_the_latent_term_still_match():
+    """A checkpoint trained before `objective.loss.latent` existed is the term switched off."""
+    old = {"objective.loss.kl": 0.002}
+    new = old | {"objective.loss.latent": 0.0, "objective.latent_refresh": 1}
+    assert config_changes(old, new) == ""
+    assert "objective.loss.latent" in config_changes(old, new | {"objective.loss.latent": 1.0})
 
 
 def test_identity_explained_variance_known_answers():

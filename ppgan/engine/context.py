@@ -127,6 +127,13 @@ def training_config(cfg: DictConfig) -> dict[str, Any]:
     )
 
 
+# Keys added after runs were trained, with the value that reproduces those runs: a training
+# config without the key is compared as if it had that value (PP-RID's `latent` term is off at
+# 0, and its refresh period does nothing while it is off), so older run dirs still resume and
+# finished pipeline stages are still reused.
+LATER_KEYS: dict[str, Any] = {"objective.loss.latent": 0.0, "objective.latent_refresh": 1}
+
+
 def config_changes(
     before: dict[str, Any],
     after: dict[str, Any],
@@ -135,14 +142,16 @@ def config_changes(
     """The keys (less `ignore`) whose values differ between two `training_config`s, as
     `key: old -> new` (at most four shown); empty when they are the same. The default ignores
     what a resumed run may change."""
+
+    def value(config: dict[str, Any], key: str) -> Any:
+        return config.get(key, LATER_KEYS.get(key, "<unset>"))
+
     keys = sorted(
         k
         for k in before.keys() | after.keys()
-        if k not in ignore and before.get(k, "<unset>") != after.get(k, "<unset>")
+        if k not in ignore and value(before, k) != value(after, k)
     )
-    shown = ", ".join(
-        f"{k}: {before.get(k, '<unset>')!r} -> {after.get(k, '<unset>')!r}" for k in keys[:4]
-    )
+    shown = ", ".join(f"{k}: {value(before, k)!r} -> {value(after, k)!r}" for k in keys[:4])
     return shown + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
 
 

@@ -44,25 +44,30 @@ def identity_explained_variance(
 
     This is what a linear probe reads (the Mahalanobis distances between the identities'
     means): D when identity determines every direction, about D * n_ids / N (the sampling floor)
-    when the latent is independent of identity given the disease. Scale-free: rescaling the
-    latent changes nothing. `ridge` (times the mean variance) keeps S_w invertible.
+    when the latent is independent of identity given the disease. Its value is scale-free
+    (rescaling the latent changes nothing); its gradient is not, since S_w is detached: it also
+    pulls the latent toward the class means, the harder the smaller the latent (a known
+    limitation). `ridge` (times the mean variance) keeps S_w invertible.
     Computed without host syncs (`cholesky_ex`).
     """
-    z = z.float()
-    w = valid.float()[:, None]
-    count = w.sum().clamp(min=1)
+    # fp32 whatever the caller's autocast: a bf16 covariance can lose positive definiteness.
+    with torch.autocast(z.device.type, enabled=False):
+        z = z.float()
+        w = valid.float()[:, None]
+        count = w.sum().clamp(min=1)
 
-    def group_means(v: Tensor, group: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        sums = v.new_zeros(k, v.shape[1]).index_add(0, group, v * w)
-        counts = v.new_zeros(k).index_add(0, group, w[:, 0])
-        return sums / counts.clamp(min=1)[:, None], counts
+        def group_means(v: Tensor, group: Tensor, k: int) -> tuple[Tensor, Tensor]:
+            sums = v.new_zeros(k, v.shape[1]).index_add(0, group, v * w)
+            counts = v.new_zeros(k).index_add(0, group, w[:, 0])
+            return sums / counts.clamp(min=1)[:, None], counts
 
-    class_means, _ = group_means(z, dis, n_classes)
-    r = (z - class_means[dis]) * w
-    cov = (r.T @ r / count).detach()
-    cov = cov + ridge * cov.diagonal().mean() * torch.eye(len(cov), device=z.device)
-    chol, _ = torch.linalg.cholesky_ex(cov)
-    id_means, id_counts = group_means(r, ids, n_ids)
-    # sum_i (n_i / N) m_i^T S_w^-1 m_i
-    white = torch.linalg.solve_triangular(chol, id_means.T, upper=False)  # [D, n_ids]
-    return (white.pow(2).sum(0) * id_counts).sum() / count
+        class_means, _ = group_means(z, dis, n_classes)
+        r = (z - class_means[dis]) * w
+        cov = (r.T @ r / count).detach()
+        eye = torch.eye(len(cov), device=z.device)
+        cov = cov + (ridge * cov.diagonal().mean() + 1e-12) * eye  # 1e-12: collapsed content
+        chol, _ = torch.linalg.cholesky_ex(cov)
+        id_means, id_counts = group_means(r, ids, n_ids)
+        # sum_i (n_i / N) m_i^T S_w^-1 m_i
+        white = torch.linalg.solve_triangular(chol, id_means.T, upper=False)  # [D, n_ids]
+        return (white.pow(2).sum(0) * id_counts).sum() / count
