@@ -215,7 +215,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 support,
                 ctx.autocast,
                 bank,
-                lambda: data.batches("train", cfg.trainer.eval_batch_size),
+                # The training indices found once, not on every refresh (a host sync each time).
+                lambda: data.batches(train, cfg.trainer.eval_batch_size),
             )
         else:
             step = anonymizer_step(
