@@ -127,11 +127,17 @@ def training_config(cfg: DictConfig) -> dict[str, Any]:
     )
 
 
-# Keys added after runs were trained, with the value that reproduces those runs: a training
-# config without the key is compared as if it had that value (PP-RID's `latent` term is off at
-# 0, and its refresh period does nothing while it is off), so older run dirs still resume and
-# finished pipeline stages are still reused.
-LATER_KEYS: dict[str, Any] = {"objective.loss.latent": 0.0, "objective.latent_refresh": 1}
+# What a key that an older checkpoint does not record means, for `config_changes`: the value
+# that reproduces those runs (PP-RID's `latent` term is off at 0, and its refresh period does
+# nothing while it is off), or `UNRECORDED` for budget keys older checkpoints did not store
+# (not compared: their budget is unknown), so older run dirs resume and their finished pipeline
+# stages are reused.
+UNRECORDED = object()
+LATER_KEYS: dict[str, Any] = {
+    "objective.loss.latent": 0.0,
+    "objective.latent_refresh": 1,
+    **dict.fromkeys(BUDGET_KEYS, UNRECORDED),
+}
 
 
 def config_changes(
@@ -140,7 +146,8 @@ def config_changes(
     ignore: tuple[str, ...] = LOCATION_KEYS + BUDGET_KEYS,
 ) -> str:
     """The keys (less `ignore`) whose values differ between two `training_config`s, as
-    `key: old -> new` (at most four shown); empty when they are the same. The default ignores
+    `key: old -> new` (at most four shown); empty when they are the same. `before` may come
+    from an older checkpoint: a key it lacks reads as `LATER_KEYS` says. The default ignores
     what a resumed run may change."""
 
     def value(config: dict[str, Any], key: str) -> Any:
@@ -149,7 +156,9 @@ def config_changes(
     keys = sorted(
         k
         for k in before.keys() | after.keys()
-        if k not in ignore and value(before, k) != value(after, k)
+        if k not in ignore
+        and value(before, k) is not UNRECORDED
+        and value(before, k) != value(after, k)
     )
     shown = ", ".join(f"{k}: {value(before, k)!r} -> {value(after, k)!r}" for k in keys[:4])
     return shown + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
