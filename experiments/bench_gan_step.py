@@ -60,6 +60,7 @@ OFF = {
     "cudnn_benchmark": False,
     "tf32": False,
     "fused_adam": False,
+    "subpixel": False,
     "compile": False,
 }
 CPU_FASTEST = {"amp": True, "channels_last": True, "fused_adam": True}
@@ -78,17 +79,27 @@ class Setting:
 def settings_for(device: str) -> list[Setting]:
     cuda = device.startswith("cuda")
     fastest = CUDA_FASTEST if cuda else CPU_FASTEST
-    alone = ["amp", "channels_last", "fused_adam"]
+    alone = ["amp", "channels_last", "fused_adam", "subpixel"]
     alone += ["cudnn_benchmark", "tf32", "compile"] if cuda else []
     out = [Setting("reference", OFF, critic_updates="separate"), Setting("fp32", OFF)]
     out += [Setting("bf16" if k == "amp" else k, OFF | {k: True}) for k in alone]
     out.append(Setting("bf16+channels_last", OFF | {"amp": True, "channels_last": True}))
+    out.append(Setting("fastest+subpixel", OFF | fastest | {"subpixel": True}))
     if cuda:  # compile is slow to start: also the fastest combination without it
         eager = OFF | fastest | {"compile": False}
         out.append(Setting("fastest_eager", eager))
         out.append(Setting("fastest_cuda_graph", eager, cuda_graph=True))
         # TF32 without autocast measured faster than bf16 on an H200 (results/perf/gpu_h200).
         out.append(Setting("default_cuda_graph", None, cuda_graph=True))
+        # The CUDA defaults with stride-1 convolutions (trainer.subpixel), eager and graphed.
+        out.append(Setting("default+subpixel", {"subpixel": True}))
+        out.append(Setting("default+subpixel_cuda_graph", {"subpixel": True}, cuda_graph=True))
+        out.append(Setting("fastest_eager+subpixel", eager | {"subpixel": True}))
+        out.append(
+            Setting(
+                "fastest_eager+subpixel_cuda_graph", eager | {"subpixel": True}, cuda_graph=True
+            )
+        )
     out.append(Setting("fastest", OFF | fastest))
     out.append(Setting("fastest_gp4", OFF | fastest, objective=("objective.gp_every=4",)))
     out.append(Setting("default", None))
@@ -352,8 +363,8 @@ def run_preset(args, objective: str, preset: str, emit) -> None:
                 except Exception as exc:
                     emit(error_line(preset, objective, case.setting.name, args.device, exc))
                     cases.remove(case)
-        for case in [c for c in cases if c.setting.name == args.profile]:
-            write_profile(case, f"{objective} {preset} {args.profile}", args.profile_out)
+        for case in [c for c in cases if c.setting.name in (args.profile or ())]:
+            write_profile(case, f"{objective} {preset} {case.setting.name}", args.profile_out)
     lines = [record(c, preset, objective, args.device, args.batch) for c in cases]
     ref = next((r["ms_per_iter"] for r in lines if r["setting"] == "reference"), None)
     for line in lines:
@@ -387,9 +398,20 @@ def write_profile(case: Case, title: str, out: Path | None) -> None:
     cuda = case.ctx.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities, record_shapes=True) as prof:
-        timed(case)
-    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    text = f"# {title}\n" + prof.key_averages().table(sort_by=key, row_limit=40)
+        seconds = timed(case)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    averages = prof.key_averages()
+    # Busy time of the device (sum of kernels' self time) against the iteration's wall time: far
+    # below it means the host's launches, not the kernels, set the pace.
+    busy_ms = sum(getattr(e, key) for e in averages) / 1000
+    n_kernels = sum(e.count for e in averages if cuda and getattr(e, key) > 0 and e.key != "")
+    text = (
+        f"# {title}: wall {1000 * seconds:.1f} ms under the profiler, "
+        f"{'device' if cuda else 'cpu'} self time {busy_ms:.1f} ms"
+        + (f", {n_kernels} timed device events" if cuda else "")
+        + "\n"
+        + averages.table(sort_by=key, row_limit=40)
+    )
     text += "\n" + prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=25)
     if out is None:
         print(text, file=sys.stderr)
@@ -422,7 +444,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--clock", choices=list(CLOCK), default="wall")
-    p.add_argument("--profile", metavar="SETTING", help="profile one more iteration of it")
+    p.add_argument(
+        "--profile",
+        nargs="+",
+        metavar="SETTING",
+        help="profile one more iteration of each of these settings",
+    )
     p.add_argument("--profile-out", type=Path, help="append the profile here (default: stderr)")
     args = p.parse_args(argv)
     global clock

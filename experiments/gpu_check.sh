@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The GPU check, one short run from the repo root on a CUDA machine (results under $OUT):
 #   1. bench_gan_step.py on the paper PP-MIR preset: the fp32 eager reference (the original's
-#      three-update critic round), fp32, each speed switch alone, the fastest combinations, with
-#      compile, and captured as one CUDA graph per iteration;
-#   2. correctness: 21 training iterations of task=anonymizer debug=tiny on CUDA with the
-#      default switches (tiny judges trained first), every logged loss finite;
-#   3. loss curves, 50 iterations, fp32 vs the device's default switches and vs the fastest eager
-#      setting (compare_curves.py);
-#   4. a summary: the fastest ms/iter and whether it meets 14 ms/iter (one H100); profile.txt is
-#      torch.profiler's table of one iteration with the default switches (where GPU time goes).
+#      three-update critic round), fp32, the CUDA defaults, bf16, TF32, stride-1 convolutions
+#      (trainer.subpixel) alone and with the defaults and the fastest eager combination, each
+#      also captured as one CUDA graph per iteration; profile.txt: torch.profiler's tables of one
+#      iteration with the defaults, with and without subpixel (where GPU time goes);
+#   2. correctness: task=anonymizer debug=tiny on CUDA with trainer.subpixel=true (tiny judges
+#      trained first), every logged loss finite; and task=identity debug=tiny under
+#      `torchrun --nproc_per_node=1` with trainer.distributed=true (the NCCL code path);
+#   3. loss curves, 50 iterations, fp32 vs the device's default switches and vs the defaults
+#      with subpixel (compare_curves.py);
+#   4. a summary: the fastest ms/iter and whether it meets 14 ms/iter (one H100).
 # Its budget is well under 8 minutes (each step has a timeout). Torch with CUDA is preinstalled
 # there, hydra-core/omegaconf/antlr4 are not and nothing can be downloaded: carry their wheels in
 # .whl/ (pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl hydra-core==1.3.2
@@ -46,18 +48,44 @@ fi
 python3 -c "import torch; print('torch', torch.__version__)"
 
 echo "== 1. benchmark ($DEVICE, $PRESET PP-MIR, batch $BATCH)"
-timeout 300 python3 experiments/bench_gan_step.py --device "$DEVICE" --objectives pp_mir \
+if [ "$DEVICE" = cuda ]; then
+  settings=(reference fp32 bf16 tf32 subpixel default default_cuda_graph default+subpixel
+    default+subpixel_cuda_graph fastest_eager fastest_cuda_graph fastest_eager+subpixel
+    fastest_eager+subpixel_cuda_graph fastest_gp4)
+  profiled=(default default+subpixel)
+else
+  settings=(reference fp32 subpixel default fastest+subpixel)
+  profiled=(default subpixel)
+fi
+timeout 360 python3 experiments/bench_gan_step.py --device "$DEVICE" --objectives pp_mir \
   --presets "$PRESET" --iters "$ITERS" --warmup "$WARMUP" --batch "$BATCH" \
-  --profile default --profile-out "$OUT/profile.txt" --out "$OUT/bench.jsonl" > "$OUT/log.txt" 2>&1
+  --settings "${settings[@]}" --profile "${profiled[@]}" --profile-out "$OUT/profile.txt" \
+  --out "$OUT/bench.jsonl" > "$OUT/log.txt" 2>&1
 echo "benchmark exit $? after $(( $(date +%s) - start )) s"
 
-echo "== 2. task=anonymizer debug=tiny on $DEVICE"
+echo "== 2. task=anonymizer debug=tiny trainer.subpixel=true on $DEVICE; torchrun, 1 process"
 tiny=(debug=tiny "trainer.device=$DEVICE" "paths.data_dir=$WORK/data")
 for task in disease identity; do
   timeout 120 python3 -m ppgan "task=$task" "${tiny[@]}" task.epochs=2 \
     "hydra.run.dir=$WORK/$task" >> "$OUT/log.txt" 2>&1 || echo "task=$task failed"
 done
+timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node=1 -m ppgan \
+  task=identity "${tiny[@]}" task.epochs=2 trainer.distributed=true \
+  "hydra.run.dir=$WORK/identity_ddp" >> "$OUT/log.txt" 2>&1
+ddp=$?
+echo "torchrun (1 process, distributed=true) exit $ddp"
+python3 - "$WORK" "$ddp" "$OUT/ddp.json" <<'EOF'
+import json, sys
+from pathlib import Path
+work, rc = Path(sys.argv[1]), int(sys.argv[2])
+metrics = {}
+for name in ("identity", "identity_ddp"):
+    p = work / name / "metrics.json"
+    metrics[name] = json.loads(p.read_text()) if p.exists() else None
+json.dump({"torchrun_exit": rc, "metrics": metrics}, open(sys.argv[3], "w"), indent=1)
+EOF
 timeout 180 python3 -m ppgan task=anonymizer "${tiny[@]}" "task.epochs=$EPOCHS" \
+  trainer.subpixel=true \
   "task.disease_ckpt=$WORK/disease/checkpoints/best.pt" \
   "task.identity_ckpt=$WORK/identity/checkpoints/best.pt" \
   "hydra.run.dir=$WORK/anonymizer" >> "$OUT/log.txt" 2>&1
@@ -75,14 +103,13 @@ json.dump({"finite": finite, "losses": losses}, open(sys.argv[2], "w"), indent=1
 print(f"tiny anonymizer: {len(tags)} loss tags, all finite: {finite}")
 EOF
 
-# The device's default switches (what a plain run gets), then the fastest eager combination.
-fast=fastest_eager
-[ "$DEVICE" = cuda ] || fast=fastest
-for setting in default "$fast"; do
+# The device's default switches (what a plain run gets), then the same with subpixel.
+for setting in default default+subpixel; do
+  [ "$DEVICE" = cuda ] || setting=${setting/default/fastest}
   echo "== 3. loss curves, fp32 vs $setting ($CURVE_PRESET, $CURVE_ITERS iterations)"
   timeout 150 python3 experiments/compare_curves.py --device "$DEVICE" --preset "$CURVE_PRESET" \
     --setting "$setting" --iters "$CURVE_ITERS" --window 10 --data-dir "$WORK/data" \
-    --out "$OUT/curves_$setting.json" >> "$OUT/log.txt" 2>&1
+    --out "$OUT/curves_${setting//+/_}.json" >> "$OUT/log.txt" 2>&1
   echo "curves exit $? after $(( $(date +%s) - start )) s"
 done
 
@@ -108,6 +135,8 @@ p = out / "tiny_losses.json"
 result["tiny_losses_finite"] = json.loads(p.read_text())["finite"] if p.exists() else None
 for p in sorted(out.glob("curves_*.json")):
     result[f"{p.stem}_ok"] = json.loads(p.read_text())["ok"]
+p = out / "ddp.json"
+result["torchrun_nccl_exit"] = json.loads(p.read_text())["torchrun_exit"] if p.exists() else None
 (out / "summary.json").write_text(json.dumps(result, indent=1))
 print(json.dumps(result))
 EOF

@@ -3,6 +3,7 @@ critic phase's one-forward scoring, the original's three-update structure, the l
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import sys
@@ -18,6 +19,7 @@ from ppgan.engine.speed import Speed, memory_format_of
 from ppgan.errors import PpganError
 from ppgan.gan import GanStep, critic_phase
 from ppgan.gan.step import critic_scores
+from ppgan.models.subpixel import SubpixelConv2d, to_subpixel
 from tests.conftest import make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,3 +209,51 @@ def test_separate_updates_take_three_optimizer_steps_per_round():
     assert set(terms) == {"wasserstein", "gp", "loss"}
     with pytest.raises(ValueError, match="critic updates"):
         critic_phase(critic, opt, batches(), fake_of, 1, 10.0, updates="fused")
+
+
+@pytest.mark.parametrize("kernel", [2, 4, 8])
+@pytest.mark.parametrize("cls", [nn.Conv2d, nn.ConvTranspose2d])
+def test_subpixel_convolution_is_the_same_function_and_gradients(cls, kernel):
+    """trainer.subpixel: the stride-1 form computes the stride-2 convolution's output, input
+    gradient and weight gradient, twice differentiable (the gradient penalty), on non-square
+    inputs; and keeps the module's parameters and state_dict."""
+    torch.manual_seed(0)
+    plain = cls(3, 5, kernel, stride=2, padding=(kernel - 2) // 2).double()
+    fast = copy.deepcopy(plain)
+    assert to_subpixel(fast) == 1 and type(fast) is not cls
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 3, 8, 12, dtype=torch.double, requires_grad=True)
+    outs = []
+    for m in (plain, fast):
+        y = m(x)
+        (gx, gw) = torch.autograd.grad(y.square().sum(), [x, m.weight], create_graph=True)
+        (ggw,) = torch.autograd.grad(gx.square().sum(), [m.weight])  # double backward
+        outs.append((y, gx, gw, ggw))
+    assert outs[0][0].shape == outs[1][0].shape
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_subpixel_swaps_only_eligible_convolutions_and_applies_as_a_switch(tmp_path):
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 8, stride=2, padding=3),  # the models' stride-2 'same' convolution
+        nn.Conv2d(4, 4, 3, padding=1),  # stride 1: left alone
+        nn.Conv2d(4, 4, 4, stride=2, padding=0),  # not 'same': left alone
+        nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1, output_padding=0),
+    )
+    assert to_subpixel(net) == 2
+    assert [type(m).__name__ for m in net] == [
+        "SubpixelConv2d",
+        "Conv2d",
+        "Conv2d",
+        "SubpixelConvTranspose2d",
+    ]
+    cfg = make_cfg("task=anonymizer", "trainer.subpixel=true")
+    ctx = RunContext(cfg, tmp_path)
+    enc, spec = build_model(cfg.model.encoder, in_shape=[3, 32, 32])
+    x, mask = torch.rand(2, 3, 32, 32), torch.ones(2, 1, 32, 32)
+    enc.eval()
+    before = enc(x, mask)[0]
+    ctx.resume({"encoder": (enc, spec)}, {}, Selection(patience=0))
+    assert isinstance(enc.image_branch[0], SubpixelConv2d)
+    assert torch.allclose(enc(x, mask)[0], before, atol=1e-5)

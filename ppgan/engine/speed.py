@@ -1,6 +1,6 @@
 """The trainer's speed switches (`trainer.*`): autocast, memory format, backend flags, fused Adam,
-torch.compile. Config decides which are on; this module is how each is applied, once, for the
-training loops (through `RunContext`) and the benchmark alike."""
+stride-1 (sub-pixel) convolutions, torch.compile. Config decides which are on; this module is how
+each is applied, once, for the training loops (through `RunContext`) and the benchmark alike."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ppgan.errors import PpganError
+from ppgan.models.subpixel import to_subpixel
 
 # Networks whose forward must stay eager: the gradient penalty differentiates the critic twice
 # (autograd.grad(create_graph=True), then backward), which compiled autograd does not support.
@@ -30,6 +31,7 @@ class Speed:
     cudnn_benchmark: bool = False
     tf32: bool = False
     fused_adam: bool = False
+    subpixel: bool = False
     compile: bool = False
 
     @classmethod
@@ -60,6 +62,7 @@ class Speed:
             cudnn_benchmark=cuda and switch("cudnn_benchmark"),
             tf32=cuda and switch("tf32"),
             fused_adam=switch("fused_adam"),
+            subpixel=switch("subpixel"),
             compile=switch("compile"),
         )
 
@@ -92,11 +95,14 @@ class Speed:
 
         channels_last converts 4-D parameters (and their optimizer state) to NHWC strides: the
         same values, so the same math, but oneDNN and cuDNN pick faster convolution kernels.
-        Fused Adam is the same update in one kernel per parameter group. `compile` compiles the
-        forward of every network but those in `NOT_COMPILED`.
+        Fused Adam is the same update in one kernel per parameter group. `subpixel` computes every
+        stride-2 convolution at stride 1 (models/subpixel.py: the same parameters and function).
+        `compile` compiles the forward of every network but those in `NOT_COMPILED`.
         """
         for net in nets.values():
             to_memory_format(net, self.memory_format)
+            if self.subpixel:
+                to_subpixel(net)
         for opt in opts:
             if self.channels_last:
                 _state_to_memory_format(opt, self.memory_format)
