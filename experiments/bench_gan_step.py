@@ -100,6 +100,12 @@ def settings_for(device: str) -> list[Setting]:
                 "fastest_eager+subpixel_cuda_graph", eager | {"subpixel": True}, cuda_graph=True
             )
         )
+    # cuDNN's autotuner keys its cache on pointer alignment: a new key under capture would
+    # benchmark (synchronise) inside the graph.
+    if cuda:
+        out.append(
+            Setting("default_nobench_cuda_graph", {"cudnn_benchmark": False}, cuda_graph=True)
+        )
     out.append(Setting("fastest", OFF | fastest))
     out.append(Setting("fastest_gp4", OFF | fastest, objective=("objective.gp_every=4",)))
     out.append(Setting("default", None))
@@ -140,6 +146,12 @@ class GraphedStep:
         with torch.cuda.stream(side):  # warm up (cuDNN plans, optimizer state) off the capture
             for _ in range(warmup):
                 step(iter(self.static))
+            # An op that synchronises with the host cannot be captured: find it with a traceback.
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                step(iter(self.static))
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
@@ -346,6 +358,7 @@ def record(case: Case, preset: str, objective: str, device: str, batch: int) -> 
 def run_preset(args, objective: str, preset: str, emit) -> None:
     overrides = PRESETS[preset](objective)
     wanted = [s for s in settings_for(args.device) if not args.settings or s.name in args.settings]
+    wanted.sort(key=lambda s: s.cuda_graph)  # captures last: a failed one ends the preset
     cases: list[Case] = []
     with tempfile.TemporaryDirectory() as tmp:
         for setting in wanted:
@@ -355,7 +368,10 @@ def run_preset(args, objective: str, preset: str, emit) -> None:
                     timed(case)
                 cases.append(case)
             except Exception as exc:  # a setting that fails is a result, not a crash
+                traceback.print_exc()
                 emit(error_line(preset, objective, setting.name, args.device, exc))
+                if setting.cuda_graph:  # a failed capture can leave the CUDA RNG unusable
+                    break
         for _ in range(args.iters):  # round-robin: each setting one iteration in turn
             for case in list(cases):
                 try:

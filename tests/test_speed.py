@@ -197,6 +197,9 @@ def test_gan_step_counts_critic_steps_across_iterations(monkeypatch):
     logged = [step(stream) for _ in range(3)]  # critic steps 0..5: penalised at 0 and 3
     assert len(calls) == 2 and step.critic_steps == 6
     assert all(torch.isfinite(t["critic/gp"]) for t in logged)  # the latest penalty is logged
+    # Kept across iterations without its autograd graph (which would hold the critic's gradient
+    # accumulators and activations: memory, and a CUDA-graph capture error).
+    assert step.last_gp is not None and step.last_gp.grad_fn is None
 
 
 def test_separate_updates_take_three_optimizer_steps_per_round():

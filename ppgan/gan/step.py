@@ -237,7 +237,9 @@ class GanStep:
         )
         self.critic_steps += self.n_critic
         # With a lazy penalty the last critic step may have skipped it: log the latest value.
-        self.last_gp = terms_c.get("gp", self.last_gp)
+        # Detached: kept across iterations, it must not keep that step's autograd graph alive.
+        if "gp" in terms_c:
+            self.last_gp = terms_c["gp"].detach()
         terms_c["gp"] = self.last_gp
         terms_a = self.adversary(next(stream)) if self.adversary is not None else {}
         for _ in range(self.n_gen):

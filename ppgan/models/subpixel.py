@@ -20,6 +20,7 @@ runs on slower strided kernels. Whether it pays is measured (experiments/bench_g
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -50,13 +51,20 @@ def _phases(w: Tensor) -> Tensor:
     return w.reshape(a, b * 4, h, h)
 
 
+def _layout(x: Tensor) -> torch.memory_format:
+    # pad/pixel_(un)shuffle return NCHW tensors: put the convolution's operands back in the
+    # input's layout (trainer.channels_last), or cuDNN converts both on every call.
+    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if nhwc and not x.is_contiguous() else torch.contiguous_format
+
+
 class SubpixelConv2d(nn.Conv2d):
     """nn.Conv2d(stride 2, kernel k, padding (k - 2) / 2) computed at stride 1 (module doc)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        p = self.padding[0]
-        x = F.pixel_unshuffle(F.pad(x, (p, p, p, p)), 2)
-        return F.conv2d(x, _phases(self.weight), self.bias)
+        p, fmt = self.padding[0], _layout(x)
+        x = F.pixel_unshuffle(F.pad(x, (p, p, p, p)), 2).contiguous(memory_format=fmt)
+        return F.conv2d(x, _phases(self.weight).contiguous(memory_format=fmt), self.bias)
 
 
 class SubpixelConvTranspose2d(nn.ConvTranspose2d):
@@ -65,20 +73,21 @@ class SubpixelConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x: Tensor, output_size=None) -> Tensor:
         if output_size is not None:
             raise ValueError("SubpixelConvTranspose2d: output_size is not supported")
-        k, p = self.kernel_size[0], self.padding[0]
+        k, p, fmt = self.kernel_size[0], self.padding[0], _layout(x)
         h = k // 2
         n_rows, n_cols = x.shape[-2:]
         # Output j = 2q + r - p reads input rows q - b (b < h) with kernel row 2b + r: only the
         # q in [lo, hi] that reach an output in [0, 2H) are computed.
         lo, hi_r, hi_c = p // 2, (2 * n_rows - 1 + p) // 2, (2 * n_cols - 1 + p) // 2
         x = F.pad(x, (h - 1 - lo, hi_c - (n_cols - 1), h - 1 - lo, hi_r - (n_rows - 1)))
+        x = x.contiguous(memory_format=fmt)
         # y[(o, r), q] = sum_b w[:, o, 2b + r] x[q - b]: a true convolution with the phases,
         # i.e. conv2d (a correlation) with them flipped.
         w = _phases(self.weight).transpose(0, 1).flip(-2, -1)  # [O * 4, I, h, h]
         bias = None if self.bias is None else self.bias.repeat_interleave(4)
-        y = F.pixel_shuffle(F.conv2d(x, w, bias), 2)
+        y = F.pixel_shuffle(F.conv2d(x, w.contiguous(memory_format=fmt), bias), 2)
         s = p - 2 * lo
-        return y[..., s : s + 2 * n_rows, s : s + 2 * n_cols]
+        return y[..., s : s + 2 * n_rows, s : s + 2 * n_cols].contiguous(memory_format=fmt)
 
 
 SUBPIXEL = {nn.Conv2d: SubpixelConv2d, nn.ConvTranspose2d: SubpixelConvTranspose2d}
