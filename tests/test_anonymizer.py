@@ -20,9 +20,14 @@ from ppgan.losses.privacy import (
     jittered_uniform,
     soft_cross_entropy,
 )
-from ppgan.losses.utility import disease_preservation, roi_reconstruction
+from ppgan.losses.utility import (
+    disease_feature_matching,
+    disease_preservation,
+    roi_reconstruction,
+)
 from ppgan.losses.vae import kl_divergence
 from ppgan.models.bank import LatentBank
+from ppgan.models.classifier import Classifier
 from ppgan.models.critic import Critic
 from ppgan.models.vae import Decoder, Encoder
 from tests.conftest import SMALL_GAN, judge_overrides, make_cfg
@@ -406,3 +411,30 @@ def test_rid_needs_its_model_and_vae_gan_refuses_an_identity_code(run, judges):
         run(*GAN, "objective=pp_rid", *judge_overrides(judges))
     with pytest.raises(PpganError, match="only objective=pp_rid uses an identity code"):
         run(*GAN, "model=rid_gan", "objective=pp_mir", *judge_overrides(judges))
+
+
+def test_disease_feature_matching_known_answers():
+    torch.manual_seed(0)
+    judge = Classifier([1, 16, 16], 3).eval()
+    real = torch.rand(8, 1, 16, 16)
+    assert disease_feature_matching(judge, real, real).item() == pytest.approx(0.0, abs=1e-7)
+    # In units of the originals' feature variance: scaling the network's features does not
+    # change it, and a release of other images is off by about twice that variance.
+    other = torch.rand(8, 1, 16, 16)
+    value = disease_feature_matching(judge, real, other).item()
+    assert 0.5 < value < 5.0
+    judge.embed[0].weight.data *= 10
+    judge.embed[0].bias.data *= 10
+    assert disease_feature_matching(judge, real, other).item() == pytest.approx(value, rel=1e-4)
+    with pytest.raises(PpganError, match="objective.loss.disease_feat"):
+        disease_feature_matching(nn.Linear(4, 3), real, other)
+
+
+def test_rid_disease_feature_term_trains_and_is_logged(run, judges):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    metrics, out = run(*RID, "objective.loss.disease_feat=1", *judge_overrides(judges), name="df")
+    ea = EventAccumulator(str(out / "tb"))
+    ea.Reload()
+    values = [e.value for e in ea.Scalars("gen/disease_feat")]
+    assert values and all(v == v and v >= 0 for v in values)

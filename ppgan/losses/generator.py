@@ -20,7 +20,7 @@ from ppgan.losses.privacy import (
     jittered_uniform,
     soft_cross_entropy,
 )
-from ppgan.losses.utility import disease_preservation, roi_reconstruction
+from ppgan.losses.utility import disease_feature_matching, disease_preservation, roi_reconstruction
 from ppgan.losses.vae import kl_divergence
 from ppgan.models.bank import LatentBank
 from ppgan.models.siamese import pair_distance
@@ -179,7 +179,8 @@ def random_identity_terms(
     variance, beyond the disease, that identity explains over the training set:
     `identity_explained_variance`), `roi_rec` (release image vs original inside the ROI),
     `code` (the identity code is recoverable from the release image, so the decoder cannot
-    ignore it: distinct draws give distinct people).
+    ignore it: distinct draws give distinct people), `disease_feat` (the disease network's
+    penultimate features of the release match the original's: `disease_feature_matching`).
     """
     w = objective.weights
     terms: dict[str, Tensor] = {}
@@ -193,6 +194,8 @@ def random_identity_terms(
         with torch.no_grad():
             logits_real = judges.disease(real)
         terms["disease"] = disease_preservation(logits_real, judges.disease(fake))
+    if w.get("disease_feat"):
+        terms["disease_feat"] = disease_feature_matching(judges.disease, real, fake)
     if w.get("identity") or w.get("adaptive"):
         n = len(id_support)
         target = jittered_uniform(n, id_support.shape[1], objective.jitter, id_support.device)
