@@ -70,7 +70,7 @@ CUDA_FASTEST = CPU_FASTEST | {"cudnn_benchmark": True, "tf32": True, "compile": 
 @dataclass(frozen=True)
 class Setting:
     name: str
-    trainer: dict  # trainer.* overrides on top of OFF; None = the config's defaults
+    trainer: dict  # trainer.* overrides on top of the config's defaults; None = those alone
     critic_updates: str = "combined"
     objective: tuple[str, ...] = ()
     cuda_graph: bool = False  # capture the whole iteration once, replay it (GraphedStep)
@@ -355,40 +355,61 @@ def record(case: Case, preset: str, objective: str, device: str, batch: int) -> 
     return out
 
 
+def measure(settings, overrides, args, tmp: Path, preset, objective, emit) -> list[Case]:
+    """Build, warm up and time `settings` round-robin (one iteration each in turn); profile those
+    named in `--profile`. A setting that fails is reported and dropped; after a failed CUDA-graph
+    capture the group stops (the capture can leave the CUDA RNG unusable)."""
+    cases: list[Case] = []
+    for setting in settings:
+        try:
+            case = build_case(overrides, setting, args.device, args.batch, tmp)
+            for _ in range(args.warmup):
+                timed(case)
+            cases.append(case)
+        except Exception as exc:  # a setting that fails is a result, not a crash
+            traceback.print_exc()
+            emit(error_line(preset, objective, setting.name, args.device, exc))
+            if setting.cuda_graph:
+                break
+    for _ in range(args.iters):
+        for case in list(cases):
+            try:
+                case.times.append(timed(case))
+            except Exception as exc:
+                emit(error_line(preset, objective, case.setting.name, args.device, exc))
+                cases.remove(case)
+    for case in [c for c in cases if c.setting.name in (args.profile or ())]:
+        write_profile(case, f"{objective} {preset} {case.setting.name}", args.profile_out)
+    return cases
+
+
 def run_preset(args, objective: str, preset: str, emit) -> None:
     overrides = PRESETS[preset](objective)
     wanted = [s for s in settings_for(args.device) if not args.settings or s.name in args.settings]
-    wanted.sort(key=lambda s: s.cuda_graph)  # captures last: a failed one ends the preset
     cases: list[Case] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for setting in wanted:
-            try:
-                case = build_case(overrides, setting, args.device, args.batch, Path(tmp))
-                for _ in range(args.warmup):
-                    timed(case)
-                cases.append(case)
-            except Exception as exc:  # a setting that fails is a result, not a crash
-                traceback.print_exc()
-                emit(error_line(preset, objective, setting.name, args.device, exc))
-                if setting.cuda_graph:  # a failed capture can leave the CUDA RNG unusable
-                    break
-        for _ in range(args.iters):  # round-robin: each setting one iteration in turn
-            for case in list(cases):
-                try:
-                    case.times.append(timed(case))
-                except Exception as exc:
-                    emit(error_line(preset, objective, case.setting.name, args.device, exc))
-                    cases.remove(case)
-        for case in [c for c in cases if c.setting.name in (args.profile or ())]:
-            write_profile(case, f"{objective} {preset} {case.setting.name}", args.profile_out)
+        # Eager settings are timed (and profiled) before any CUDA graph is captured: a failed
+        # capture or replay can leave the process's CUDA context unusable for everything after.
+        for graphs in (False, True):
+            group = [s for s in wanted if s.cuda_graph == graphs]
+            cases += measure(group, overrides, args, Path(tmp), preset, objective, emit)
     lines = [record(c, preset, objective, args.device, args.batch) for c in cases]
     ref = next((r["ms_per_iter"] for r in lines if r["setting"] == "reference"), None)
     for line in lines:
-        if line["flops_per_iter"] is None:  # compiled: the same iteration's FLOPs, counted eager
-            same = [r for r in lines if r["flops_per_iter"] and r["gp_every"] == line["gp_every"]]
-            if same:
-                line["flops_per_iter"] = same[0]["flops_per_iter"]
-                line["tflops_per_s"] = round(line["flops_per_iter"] / line["ms_per_iter"] / 1e9, 3)
+        # TFLOP/s of the iteration's useful work: the plain iteration's FLOPs (a compiled
+        # setting hides its ops from the counter; subpixel also computes rows it then crops).
+        plain = [
+            r
+            for r in lines
+            if r["flops_per_iter"]
+            and r["gp_every"] == line["gp_every"]
+            and not r["trainer"]["subpixel"]
+        ]
+        if plain:
+            useful = plain[0]["flops_per_iter"]
+            line["flops_per_iter"] = line["flops_per_iter"] or useful
+            line["useful_flops_per_iter"] = useful
+            line["tflops_per_s"] = round(useful / line["ms_per_iter"] / 1e9, 3)
         line["ratio_to_reference"] = round(line["ms_per_iter"] / ref, 3) if ref else None
         emit(line)
     if lines:
@@ -419,12 +440,18 @@ def write_profile(case: Case, title: str, out: Path | None) -> None:
     averages = prof.key_averages()
     # Busy time of the device (sum of kernels' self time) against the iteration's wall time: far
     # below it means the host's launches, not the kernels, set the pace.
-    busy_ms = sum(getattr(e, key) for e in averages) / 1000
-    n_kernels = sum(e.count for e in averages if cuda and getattr(e, key) > 0 and e.key != "")
+    if cuda:  # kernels, memcpys, memsets only: an op's self time repeats its kernels'
+        from torch.autograd import DeviceType
+
+        device_events = [e for e in averages if e.device_type == DeviceType.CUDA]
+        busy_ms = sum(e.self_device_time_total for e in device_events) / 1000
+        n_kernels = sum(e.count for e in device_events)
+    else:
+        busy_ms = sum(e.self_cpu_time_total for e in averages) / 1000
     text = (
         f"# {title}: wall {1000 * seconds:.1f} ms under the profiler, "
         f"{'device' if cuda else 'cpu'} self time {busy_ms:.1f} ms"
-        + (f", {n_kernels} timed device events" if cuda else "")
+        + (f", {n_kernels} kernels, copies and memsets" if cuda else "")
         + "\n"
         + averages.table(sort_by=key, row_limit=40)
     )

@@ -2,19 +2,21 @@
 # The GPU check, one short run from the repo root on a CUDA machine (results under $OUT):
 #   1. bench_gan_step.py on the paper PP-MIR preset: the fp32 eager reference (the original's
 #      three-update critic round), fp32, the CUDA defaults, bf16, TF32, stride-1 convolutions
-#      (trainer.subpixel) alone and with the defaults and the fastest eager combination, each
-#      also captured as one CUDA graph per iteration; profile.txt: torch.profiler's tables of one
-#      iteration with the defaults, with and without subpixel (where GPU time goes);
+#      (trainer.subpixel) alone and with the defaults and the fastest eager combination; then,
+#      in a second process, some of them captured as one CUDA graph per iteration;
+#      profile.txt: torch.profiler's tables of one iteration with the defaults, with and
+#      without subpixel (where GPU time goes);
 #   2. correctness: task=anonymizer debug=tiny on CUDA with trainer.subpixel=true (tiny judges
 #      trained first), every logged loss finite; and task=identity debug=tiny under
 #      `torchrun --nproc_per_node=1` with trainer.distributed=true (the NCCL code path);
 #   3. loss curves, 50 iterations, fp32 vs the device's default switches and vs the defaults
 #      with subpixel (compare_curves.py);
 #   4. a summary: the fastest ms/iter and whether it meets 14 ms/iter (one H100).
-# Its budget is well under 8 minutes (each step has a timeout). Torch with CUDA is preinstalled
-# there, hydra-core/omegaconf/antlr4 are not and nothing can be downloaded: carry their wheels in
-# .whl/ (pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl hydra-core==1.3.2
-# omegaconf==2.3.0 antlr4-python3-runtime==4.9.3); the repo runs from PYTHONPATH, not installed.
+# About 5 minutes when every step works; its steps' timeouts bound it at 20. Torch with CUDA is
+# preinstalled there, hydra-core/omegaconf/antlr4 are not and nothing can be downloaded: carry
+# their wheels in .whl/ (pip download --no-deps --only-binary=:all: --python-version 3.12
+# -d .whl hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3); the repo runs from
+# PYTHONPATH, not installed.
 #
 #   OUT=/tmp/gc bash experiments/gpu_check.sh                      # on the GPU machine
 #   OUT=/tmp/gc bash experiments/gpu_check.sh --device cpu --iters 1   # dry run of the logic
@@ -49,19 +51,28 @@ python3 -c "import torch; print('torch', torch.__version__)"
 
 echo "== 1. benchmark ($DEVICE, $PRESET PP-MIR, batch $BATCH)"
 if [ "$DEVICE" = cuda ]; then
-  settings=(reference fp32 bf16 tf32 subpixel default default_cuda_graph default+subpixel
-    default+subpixel_cuda_graph fastest_eager fastest_cuda_graph fastest_eager+subpixel
-    fastest_eager+subpixel_cuda_graph fastest_gp4)
+  settings=(reference fp32 bf16 tf32 subpixel default default+subpixel fastest_eager
+    fastest_eager+subpixel fastest_gp4)
+  graphed=(default_cuda_graph default+subpixel_cuda_graph fastest_cuda_graph
+    fastest_eager+subpixel_cuda_graph)
   profiled=(default default+subpixel)
 else
   settings=(reference fp32 subpixel default fastest+subpixel)
+  graphed=()
   profiled=(default subpixel)
 fi
-timeout 360 python3 experiments/bench_gan_step.py --device "$DEVICE" --objectives pp_mir \
-  --presets "$PRESET" --iters "$ITERS" --warmup "$WARMUP" --batch "$BATCH" \
-  --settings "${settings[@]}" --profile "${profiled[@]}" --profile-out "$OUT/profile.txt" \
-  --out "$OUT/bench.jsonl" > "$OUT/log.txt" 2>&1
+bench=(python3 experiments/bench_gan_step.py --device "$DEVICE" --objectives pp_mir
+  --presets "$PRESET" --iters "$ITERS" --warmup "$WARMUP" --batch "$BATCH")
+timeout 240 "${bench[@]}" --settings "${settings[@]}" --profile "${profiled[@]}" \
+  --profile-out "$OUT/profile.txt" --out "$OUT/bench.jsonl" > "$OUT/log.txt" 2>&1
 echo "benchmark exit $? after $(( $(date +%s) - start )) s"
+if [ ${#graphed[@]} -gt 0 ]; then
+  # CUDA graphs in a process of their own (with the reference, for the ratio): a failed
+  # capture or replay leaves the CUDA context unusable for whatever runs after it.
+  timeout 120 "${bench[@]}" --settings reference "${graphed[@]}" --out "$OUT/bench.jsonl" \
+    >> "$OUT/log.txt" 2>&1
+  echo "graphed benchmark exit $? after $(( $(date +%s) - start )) s"
+fi
 
 echo "== 2. task=anonymizer debug=tiny trainer.subpixel=true on $DEVICE; torchrun, 1 process"
 tiny=(debug=tiny "trainer.device=$DEVICE" "paths.data_dir=$WORK/data")
@@ -126,9 +137,10 @@ for x in lines:
 for x in sorted(rows, key=lambda r: r["ms_per_iter"]):
     print(f"  {x['setting']:20s} {x['ms_per_iter']:9.2f} ms/iter  x{x['ratio_to_reference']} of reference"
           f"  {x['tflops_per_s']} TFLOP/s  peak {x['peak_mem_bytes'] / 2**20:.0f} MiB")
-summary = next((x for x in lines if "summary" in x), None)
+summaries = [x for x in lines if "summary" in x]  # eager, then graphed (own reference)
 result = {"device": rows[0]["device"] if rows else None}
-if summary:
+if summaries:
+    summary = min(summaries, key=lambda x: x["fastest_ms"])
     result |= {k: summary[k] for k in ("fastest", "fastest_ms", "fastest_ratio_to_reference")}
     result["meets_14ms"] = summary["fastest_ms"] <= 14.0
 p = out / "tiny_losses.json"

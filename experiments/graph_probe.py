@@ -10,8 +10,9 @@ per variant: captured?, replayed (5 times, losses finite)?, eager and graphed ms
 
     python experiments/graph_probe.py [--out probe.jsonl] [--sanitize]
 
-`--sanitize` runs the smallest variant that failed to replay once more under compute-sanitizer
-(memcheck), which names the kernel that reads or writes out of bounds.
+`--sanitize` runs the first variant that failed (capture, replay or crash) once more under
+compute-sanitizer (memcheck), which names the kernel that reads or writes out of bounds.
+`--budget` bounds the variants' total time (the sanitizer run gets up to 4 x `--timeout` more).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ VARIANTS = {
     "paper_plain": ("paper", OFF, (), 64),
     "paper_defaults": ("paper", None, (), 64),
     "paper_defaults_nodrop": ("paper", None, NO_DROPOUT, 64),
+    "paper_defaults_nobench": ("paper", {"cudnn_benchmark": False}, (), 64),
+    "paper_defaults_subpixel": ("paper", {"subpixel": True}, (), 64),
 }
 
 
@@ -101,14 +104,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--one", choices=list(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--out", type=Path)
-    p.add_argument("--timeout", type=int, default=120, help="seconds per variant")
+    p.add_argument("--timeout", type=int, default=90, help="seconds per variant")
+    p.add_argument("--budget", type=int, default=420, help="seconds for all variants together")
     p.add_argument("--sanitize", action="store_true")
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(args.one)), flush=True)
         return
-    failed = []
+    failed, deadline = [], time.monotonic() + args.budget
     for name in args.variants:
+        if time.monotonic() + 20 > deadline:
+            print(json.dumps({"variant": name, "error": "skipped: --budget spent"}), flush=True)
+            continue
         cmd = [sys.executable, __file__, "--one", name]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)

@@ -21,8 +21,9 @@ from ppgan.losses.privacy import (
     soft_cross_entropy,
 )
 from ppgan.losses.utility import (
-    disease_feature_matching,
     disease_preservation,
+    disease_terms,
+    feature_matching,
     roi_reconstruction,
 )
 from ppgan.losses.vae import kl_divergence
@@ -417,17 +418,26 @@ def test_disease_feature_matching_known_answers():
     torch.manual_seed(0)
     judge = Classifier([1, 16, 16], 3).eval()
     real = torch.rand(8, 1, 16, 16)
-    assert disease_feature_matching(judge, real, real).item() == pytest.approx(0.0, abs=1e-7)
+
+    def feat(fake):
+        return disease_terms(judge, real, fake, decision=False, features=True)["disease_feat"]
+
+    assert feat(real).item() == pytest.approx(0.0, abs=1e-7)
     # In units of the originals' feature variance: scaling the network's features does not
     # change it, and a release of other images is off by about twice that variance.
     other = torch.rand(8, 1, 16, 16)
-    value = disease_feature_matching(judge, real, other).item()
+    value = feat(other).item()
     assert 0.5 < value < 5.0
+    both = disease_terms(judge, real, other, decision=True, features=True)
+    plain = disease_terms(judge, real, other, decision=True, features=False)
+    assert both["disease"].item() == pytest.approx(plain["disease"].item(), rel=1e-6)
     judge.embed[0].weight.data *= 10
     judge.embed[0].bias.data *= 10
-    assert disease_feature_matching(judge, real, other).item() == pytest.approx(value, rel=1e-4)
+    assert feat(other).item() == pytest.approx(value, rel=1e-4)
+    # One image: no batch variance, the floor keeps it finite.
+    assert torch.isfinite(feature_matching(torch.rand(1, 4), torch.rand(1, 4)))
     with pytest.raises(PpganError, match="objective.loss.disease_feat"):
-        disease_feature_matching(nn.Linear(4, 3), real, other)
+        disease_terms(nn.Linear(4, 3), real, other, features=True)
 
 
 def test_rid_disease_feature_term_trains_and_is_logged(run, judges):

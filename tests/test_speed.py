@@ -19,7 +19,9 @@ from ppgan.engine.speed import Speed, memory_format_of
 from ppgan.errors import PpganError
 from ppgan.gan import GanStep, critic_phase
 from ppgan.gan.step import critic_scores
+from ppgan.models.critic import Critic
 from ppgan.models.subpixel import SubpixelConv2d, to_subpixel
+from ppgan.models.vae import Decoder
 from tests.conftest import make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,6 +237,31 @@ def test_subpixel_convolution_is_the_same_function_and_gradients(cls, kernel):
     assert outs[0][0].shape == outs[1][0].shape
     for a, b in zip(*outs):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+    odd = torch.randn(2, 3, 9, 7, dtype=torch.double)  # Conv2d floors: the plain path
+    assert torch.allclose(plain(odd), fast(odd), rtol=1e-10, atol=1e-10)
+
+
+def test_subpixel_keeps_the_channels_last_layout():
+    """With channels_last weights (trainer.channels_last) a plain convolution's output is NHWC
+    although its input is not; the stride-1 form must give the same layout, or every layer
+    converts back and forth."""
+    critic = Critic([3, 32, 32], channels=(8, 16), kernel=4).eval()  # no dropout draws
+    critic = critic.to(memory_format=torch.channels_last)
+    fast = copy.deepcopy(critic)
+    assert to_subpixel(fast) == 2
+    x = torch.rand(2, 3, 32, 32)  # NCHW, as the batches come
+    for net in (critic, fast):
+        h = x
+        for layer in net.body[:4]:
+            h = layer(h)
+            if isinstance(layer, nn.Conv2d):
+                assert h.is_contiguous(memory_format=torch.channels_last), type(layer).__name__
+    assert torch.allclose(critic(x), fast(x), atol=1e-5)
+    dec = Decoder([3, 32, 32], z_dim=8, units=16, kernel=4, start_channels=8)
+    dec = dec.to(memory_format=torch.channels_last)
+    assert to_subpixel(dec) == 4
+    y = dec.body[0](torch.rand(2, 8, 2, 2))
+    assert y.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_subpixel_swaps_only_eligible_convolutions_and_applies_as_a_switch(tmp_path):

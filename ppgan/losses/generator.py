@@ -20,7 +20,7 @@ from ppgan.losses.privacy import (
     jittered_uniform,
     soft_cross_entropy,
 )
-from ppgan.losses.utility import disease_feature_matching, disease_preservation, roi_reconstruction
+from ppgan.losses.utility import disease_preservation, disease_terms, roi_reconstruction
 from ppgan.losses.vae import kl_divergence
 from ppgan.models.bank import LatentBank
 from ppgan.models.siamese import pair_distance
@@ -180,7 +180,7 @@ def random_identity_terms(
     `identity_explained_variance`), `roi_rec` (release image vs original inside the ROI),
     `code` (the identity code is recoverable from the release image, so the decoder cannot
     ignore it: distinct draws give distinct people), `disease_feat` (the disease network's
-    penultimate features of the release match the original's: `disease_feature_matching`).
+    penultimate features of the release match the original's: `disease_terms`).
     """
     w = objective.weights
     terms: dict[str, Tensor] = {}
@@ -190,12 +190,12 @@ def random_identity_terms(
         terms["rec"] = (real - recon).float().pow(2).mean()
     if w.get("adv"):
         terms["adv"] = generator_adversarial(critic, fake)
-    if w.get("disease"):
-        with torch.no_grad():
-            logits_real = judges.disease(real)
-        terms["disease"] = disease_preservation(logits_real, judges.disease(fake))
-    if w.get("disease_feat"):
-        terms["disease_feat"] = disease_feature_matching(judges.disease, real, fake)
+    if w.get("disease") or w.get("disease_feat"):
+        terms.update(
+            disease_terms(
+                judges.disease, real, fake, bool(w.get("disease")), bool(w.get("disease_feat"))
+            )
+        )
     if w.get("identity") or w.get("adaptive"):
         n = len(id_support)
         target = jittered_uniform(n, id_support.shape[1], objective.jitter, id_support.device)

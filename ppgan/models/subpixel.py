@@ -12,10 +12,12 @@ function can be computed at stride 1 with kernel k / 2 on four times the channel
   and a crop, gives the transposed convolution (the "sub-pixel convolution" of Shi et al. 2016).
 
 The parameters, their names and the checkpoints are those of the plain modules (the weight is
-re-arranged on the fly, a few microseconds); only the order of floating-point sums differs, like
-any other `trainer.*` switch. Stride-1 kernels are what cuDNN and oneDNN optimise best, while a
-stride-2 convolution's data gradient -- taken twice per critic step by the gradient penalty --
-runs on slower strided kernels. Whether it pays is measured (experiments/bench_gan_step.py).
+re-arranged on every call: one more small kernel each time, and autocast cannot cache its cast);
+only the order of floating-point sums differs, like any other `trainer.*` switch. Stride-1
+kernels are what cuDNN and oneDNN optimise best, while a stride-2 convolution's data gradient --
+taken twice per critic step by the gradient penalty -- runs on strided kernels. Whether it pays
+is measured (experiments/bench_gan_step.py), not assumed. Only the trained networks are
+converted (`Speed.prepare`); frozen networks loaded from checkpoints stay plain.
 """
 
 from __future__ import annotations
@@ -51,18 +53,24 @@ def _phases(w: Tensor) -> Tensor:
     return w.reshape(a, b * 4, h, h)
 
 
-def _layout(x: Tensor) -> torch.memory_format:
-    # pad/pixel_(un)shuffle return NCHW tensors: put the convolution's operands back in the
-    # input's layout (trainer.channels_last), or cuDNN converts both on every call.
-    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if nhwc and not x.is_contiguous() else torch.contiguous_format
+def _layout(x: Tensor, weight: Tensor) -> torch.memory_format:
+    """The layout cuDNN and oneDNN give a convolution's output: NHWC when the input *or* the
+    weight is (trainer.channels_last converts the weights; the inputs come NCHW). pad and
+    pixel_(un)shuffle return NCHW tensors, so the operands are put back in it explicitly."""
+
+    def nhwc(t: Tensor) -> bool:
+        return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+    return torch.channels_last if nhwc(x) or nhwc(weight) else torch.contiguous_format
 
 
 class SubpixelConv2d(nn.Conv2d):
     """nn.Conv2d(stride 2, kernel k, padding (k - 2) / 2) computed at stride 1 (module doc)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        p, fmt = self.padding[0], _layout(x)
+        if x.shape[-1] % 2 or x.shape[-2] % 2:  # nn.Conv2d floors an odd size: no 2x2 blocks
+            return super().forward(x)
+        p, fmt = self.padding[0], _layout(x, self.weight)
         x = F.pixel_unshuffle(F.pad(x, (p, p, p, p)), 2).contiguous(memory_format=fmt)
         return F.conv2d(x, _phases(self.weight).contiguous(memory_format=fmt), self.bias)
 
@@ -73,7 +81,7 @@ class SubpixelConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x: Tensor, output_size=None) -> Tensor:
         if output_size is not None:
             raise ValueError("SubpixelConvTranspose2d: output_size is not supported")
-        k, p, fmt = self.kernel_size[0], self.padding[0], _layout(x)
+        k, p, fmt = self.kernel_size[0], self.padding[0], _layout(x, self.weight)
         h = k // 2
         n_rows, n_cols = x.shape[-2:]
         # Output j = 2q + r - p reads input rows q - b (b < h) with kernel row 2b + r: only the
