@@ -11,6 +11,7 @@ import torch
 from ppgan.baselines import GaussianBlur, KSamePixel, Noise, Pixelate
 from ppgan.data import load_dataset
 from ppgan.data.hdf5 import ImageData
+from ppgan.errors import PpganError
 from ppgan.metrics.realism import region_psnr, region_ssim
 from ppgan.metrics.retrieval import precision_at_k
 from tests.conftest import judge_overrides
@@ -144,35 +145,43 @@ def test_leaky_release_is_caught_by_side_channels(leak_vs_noise):
     assert m["original/release/metadata_join"] < 0.9  # dis + set carry no identity by themselves
 
 
-def test_same_seed_same_metrics_and_val_split(leak_vs_noise, judges, data_dir, tmp_path):
-    """Re-running reuses the cached attackers (same key) and gives the same numbers, also for a
-    method drawn from the global RNG after other methods were left out; the val split is
-    evaluated on its own images."""
+# The leak_vs_noise evaluation less the methods it does not need.
+KEEP = [
+    "~task.methods." + k for k in ("blur", "pixelate", "ksame", "pp_mir", "pp_sir", "prototype")
+]
+
+
+def evaluate_again(judges, data_dir, attackers: Path | None, out: Path, *overrides):
+    """task=evaluate with this module's settings and `overrides` into `out`, starting from a copy
+    of the cached attackers in `attackers` (None: none)."""
     import shutil
 
     from ppgan.tasks import run_task
     from tests.conftest import make_cfg
 
-    m, out = leak_vs_noise
     args = [f"paths.data_dir={data_dir}", "task=evaluate", *judge_overrides(judges), *ATTACK]
-    keep = [
-        "~task.methods." + k for k in ("blur", "pixelate", "ksame", "pp_mir", "pp_sir", "prototype")
-    ]
-    shutil.copytree(out / "attackers", tmp_path / "again" / "attackers")
-    again = run_task(
-        make_cfg(
-            *args,
-            *keep,
-            "+task.methods.drawn={_target_: tests.test_evaluate.DrawnNoise}",
-            f"+task.release_files.original={out.parent / 'leaky.h5'}",
-        ),
+    if attackers is not None:
+        shutil.copytree(attackers, out / "attackers")
+    return run_task(make_cfg(*args, *KEEP, *overrides), out)
+
+
+def test_same_seed_same_metrics_and_val_split(leak_vs_noise, judges, data_dir, tmp_path):
+    """Re-running reuses the cached attackers (same key) and gives the same numbers, also for a
+    method drawn from the global RNG after other methods were left out; the val split is
+    evaluated on its own images."""
+    m, out = leak_vs_noise
+    again = evaluate_again(
+        judges,
+        data_dir,
+        out / "attackers",
         tmp_path / "again",
+        "+task.methods.drawn={_target_: tests.test_evaluate.DrawnNoise}",
+        f"+task.release_files.original={out.parent / 'leaky.h5'}",
     )
     assert any(k.startswith("drawn/") for k in again)
     for k, v in again.items():
         assert v == pytest.approx(m[k], nan_ok=True), k
-    shutil.copytree(out / "attackers", tmp_path / "val" / "attackers")
-    val = run_task(make_cfg(*args, *keep, "task.split=val"), tmp_path / "val")
+    val = evaluate_again(judges, data_dir, out / "attackers", tmp_path / "val", "task.split=val")
     assert "**val split.**" in (tmp_path / "val" / "report.md").read_text()
     assert val["original/realism/fid"] == pytest.approx(0.0, abs=1e-3)
     assert val["chance/disease"] != m["chance/disease"] or val != m
@@ -285,3 +294,27 @@ def test_gate_script_takes_the_strongest_attacker_and_the_same_disease_auc():
     assert m["FD(disease) < k-Same-Pixel"]["pass"] and m["SSIM(ROI) > blur"]["pass"]
     assert m["passed"] == 7
     assert module.cell(m["adaptive <= 2x chance|disease"]) == "0.200 [0.100, 0.300] ✗"
+
+
+def test_several_independent_disease_networks_give_a_range(
+    leak_vs_noise, judges, data_dir, tmp_path
+):
+    """task.indep_networks=2: the first network is the one of the single-network run (its
+    cached weights reused: same score), the range over both brackets it."""
+    m, out = leak_vs_noise
+    noise = "+task.methods.noise={_target_: ppgan.baselines.Noise}"
+    two = evaluate_again(
+        judges, data_dir, out / "attackers", tmp_path / "two", noise, "task.indep_networks=2"
+    )
+    assert (tmp_path / "two" / "attackers" / "independent_disease_1.pt").is_file()
+    for method in ("original", "noise"):
+        acc = two[f"{method}/utility/indep_acc"]
+        assert acc == pytest.approx(m[f"{method}/utility/indep_acc"])
+        lo, hi = (
+            two[f"{method}/utility/indep_acc_nets_min"],
+            two[f"{method}/utility/indep_acc_nets_max"],
+        )
+        assert 0.0 <= lo <= acc <= hi <= 1.0
+    assert "original/utility/indep_acc_nets_min" not in m  # one network: no range
+    with pytest.raises(PpganError, match="task.indep_networks"):
+        evaluate_again(judges, data_dir, None, tmp_path / "zero", "task.indep_networks=0")

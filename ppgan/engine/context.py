@@ -128,14 +128,15 @@ def training_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 # What a key that an older checkpoint does not record means, for `config_changes`: the value
-# that reproduces those runs (PP-RID's `latent` and `disease_feat` terms are off at 0, and the
-# latent refresh period does nothing while it is off), or `UNRECORDED` for budget keys older
-# checkpoints did not store (not compared: their budget is unknown), so older run dirs resume and
-# their finished pipeline stages are reused.
+# that reproduces those runs (PP-RID's `latent` and `disease_feat` terms are off at 0, the
+# latent refresh period does nothing while it is off, one independent disease network), or
+# `UNRECORDED` for budget keys older checkpoints did not store (not compared: their budget is
+# unknown), so older run dirs resume and their finished pipeline stages are reused.
 UNRECORDED = object()
 LATER_KEYS: dict[str, Any] = {
     "objective.loss.latent": 0.0,
     "objective.loss.disease_feat": 0.0,
+    "task.indep_networks": 1,
     "objective.latent_refresh": 1,
     **dict.fromkeys(BUDGET_KEYS, UNRECORDED),
 }

@@ -269,6 +269,12 @@ def evaluate_method(
     for k, v in classification_metrics(indep_logits, dis, data.n_classes).items():
         m[f"utility/indep_{k}"] = v
     m.rate("utility/indep_acc", _hits(indep_logits, dis))
+    if len(ref.get("indep_networks", ())) > 1:  # task.indep_networks
+        accs = [
+            float(_hits(_outputs(net, anon[split], bs), dis).mean())
+            for net in ref["indep_networks"]
+        ]
+        m["utility/indep_acc_nets_min"], m["utility/indep_acc_nets_max"] = min(accs), max(accs)
 
     # Collapse: within-class spread in the independent disease network's feature space, as a
     # ratio to the originals' (a class prototype scores 0, the originals 1).
@@ -516,6 +522,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             f"{data.path}: task=evaluate holds the splits in memory; raise dataset.in_memory_max_gb"
         )
     data.require_ids("task=evaluate")
+    more = int(task.get("indep_networks", 1))
+    if more < 1:
+        raise PpganError(f"task.indep_networks={more}: must be >= 1")
     bs, split = cfg.trainer.eval_batch_size, task.split
     judges = load_judges(task, data, ctx.device, ("disease", "identity", "siamese"))
     orig = {s: data.split_tensors(s)["images"] for s in SPLITS}
@@ -528,8 +537,24 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     indep = train_attacker(
         ctx, "independent_disease", data, orig, "dis", data.n_classes, ctx.seed + 2, indep_key
     )
+    # Further independent disease networks, each from its own seed: how much the score of a
+    # release depends on which network judges it (the bootstrap covers the images only).
+    others = [
+        train_attacker(
+            ctx,
+            f"independent_disease_{k}",
+            data,
+            orig,
+            "dis",
+            data.n_classes,
+            ctx.seed + 2 + 1000 * k,
+            cache_key(**base_key, labels="dis", network=k),
+        )
+        for k in range(1, more)
+    ]
 
     ref = original_references(orig, judges, unseen, indep, split, bs)
+    ref["indep_networks"] = [indep, *others]
     rows: dict[str, dict[str, float]] = {}
     seen: dict[str, str] = {}
     grid_rows = [orig[split][: task.n_samples]]
