@@ -30,15 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-OFF = {
-    "amp": False,
-    "channels_last": False,
-    "cudnn_benchmark": False,
-    "tf32": False,
-    "fused_adam": False,
-    "subpixel": False,
-    "compile": False,
-}
+from bench_gan_step import OFF  # noqa: E402  (every speed switch off)
+
 NO_DROPOUT = ("model.encoder.dropout=0", "model.critic.dropout=0")
 ONE_ONE = ("objective.n_critic=1", "objective.n_gen=1")
 

@@ -52,22 +52,29 @@ def identity_explained_variance(
     """
     # fp32 whatever the caller's autocast: a bf16 covariance can lose positive definiteness.
     with torch.autocast(z.device.type, enabled=False):
-        z = z.float()
-        w = valid.float()[:, None]
-        count = w.sum().clamp(min=1)
+        return _explained_variance(
+            z.float(), valid.float()[:, None], ids, dis, n_ids, n_classes, ridge
+        )
 
-        def group_means(v: Tensor, group: Tensor, k: int) -> tuple[Tensor, Tensor]:
-            sums = v.new_zeros(k, v.shape[1]).index_add(0, group, v * w)
-            counts = v.new_zeros(k).index_add(0, group, w[:, 0])
-            return sums / counts.clamp(min=1)[:, None], counts
 
-        class_means, _ = group_means(z, dis, n_classes)
-        r = (z - class_means[dis]) * w
-        cov = (r.T @ r / count).detach()
-        eye = torch.eye(len(cov), device=z.device)
-        cov = cov + (ridge * cov.diagonal().mean() + 1e-12) * eye  # 1e-12: collapsed content
-        chol, _ = torch.linalg.cholesky_ex(cov)
-        id_means, id_counts = group_means(r, ids, n_ids)
-        # sum_i (n_i / N) m_i^T S_w^-1 m_i
-        white = torch.linalg.solve_triangular(chol, id_means.T, upper=False)  # [D, n_ids]
-        return (white.pow(2).sum(0) * id_counts).sum() / count
+def _explained_variance(
+    z: Tensor, w: Tensor, ids: Tensor, dis: Tensor, n_ids: int, n_classes: int, ridge: float
+) -> Tensor:
+    """`identity_explained_variance` in fp32: z [N, D], w [N, 1] the 0/1 weights of valid rows."""
+    count = w.sum().clamp(min=1)
+
+    def group_means(v: Tensor, group: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        sums = v.new_zeros(k, v.shape[1]).index_add(0, group, v * w)
+        counts = v.new_zeros(k).index_add(0, group, w[:, 0])
+        return sums / counts.clamp(min=1)[:, None], counts
+
+    class_means, _ = group_means(z, dis, n_classes)
+    r = (z - class_means[dis]) * w
+    cov = (r.T @ r / count).detach()
+    eye = torch.eye(len(cov), device=z.device)
+    cov = cov + (ridge * cov.diagonal().mean() + 1e-12) * eye  # 1e-12: collapsed content
+    chol, _ = torch.linalg.cholesky_ex(cov)
+    id_means, id_counts = group_means(r, ids, n_ids)
+    # sum_i (n_i / N) m_i^T S_w^-1 m_i
+    white = torch.linalg.solve_triangular(chol, id_means.T, upper=False)  # [D, n_ids]
+    return (white.pow(2).sum(0) * id_counts).sum() / count
