@@ -180,6 +180,30 @@ def test_patience_stops_early_and_keeps_the_full_schedules_choice(run, judges, m
         assert torch.equal(v, ref["encoder"][k]), k
 
 
+def test_select_last_keeps_the_final_epoch_whatever_the_score(run, judges, monkeypatch):
+    import ppgan.tasks.anonymizer as anonymizer
+
+    cfg = make_cfg("task=anonymizer", "model=rid_gan", "objective=pp_rid_long")
+    # (make_cfg's debug budget sets task.epochs; the schedule is the objective's)
+    assert (cfg.objective.schedule.epochs, cfg.task.patience, cfg.task.select) == (100, 0, "last")
+    assert make_cfg("task=anonymizer", "model=rid_gan", "objective=pp_rid").task.select == "best"
+    # Scripted scores that only get worse: select=best would keep the first selectable epoch.
+    script = iter([1.0, 2.0, 3.0])
+    real = anonymizer.validate
+    monkeypatch.setattr(
+        anonymizer, "validate", lambda *a, **k: {**real(*a, **k), "score": next(script, 9.0)}
+    )
+    args = [*(a.replace("task.epochs=2", "task.epochs=3") for a in GAN), *judge_overrides(judges)]
+    _, out = run(*args, "task.select=last", "task.selection_warmup=0", name="last")
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert best["epoch"] == last["epoch"] == 3
+    for k, v in best["decoder"].items():
+        assert torch.equal(v, last["decoder"][k]), k
+    with pytest.raises(PpganError, match=r"task.select=first: must be 'best' or 'last'"):
+        run(*args, "task.select=first", name="bad")
+
+
 def test_missing_or_mismatched_judges_are_clear_errors(run, judges, tmp_path):
     with pytest.raises(PpganError, match=r"task.identity_ckpt: required; train one"):
         run(*GAN, f"task.disease_ckpt={judges['disease']}")

@@ -130,6 +130,27 @@ def test_sweep_objectives_come_from_the_validation_split():
     assert sweep.optimized_metric == ["pp_mir/privacy_score", "pp_mir/utility_score"]
 
 
+def test_the_long_schedule_reaches_only_pp_rids_stage():
+    """README's command for larger images: PP-RID's stage alone trains objective=pp_rid_long."""
+    from ppgan.pipeline import PLACEHOLDER, stage_config
+    from tests.conftest import make_cfg
+
+    extra = '+task.overrides.pp_rid=["objective=pp_rid_long","trainer.amp=true"]'
+    cfg = make_cfg("task=pipeline", "dataset=synthetic_per_image", extra)
+    user = ["debug=tiny", "dataset=synthetic_per_image", extra]
+
+    def stage(name):
+        overrides = [PLACEHOLDER.sub(r"/runs/\1", o) for o in cfg.task.stages[name]]
+        return stage_config(cfg, name, overrides, user)
+
+    rid = stage("pp_rid")
+    assert (rid.task.select, rid.task.patience, rid.objective.variant) == ("last", 0, "rid")
+    assert rid.objective.schedule.epochs == 100 and rid.trainer.amp
+    assert rid.dataset.generator.n_disease_classes == 3  # the user's dataset reaches it too
+    mir = stage("pp_mir")
+    assert mir.task.select == "best" and not mir.trainer.amp
+
+
 def test_pipeline_on_the_per_image_gray_three_class_shape_without_masks(run):
     """The second data shape (1 channel, 3 classes, disease per image) without masks, tiny:
     every stage of the default pipeline runs; report and panels are written, metrics finite."""

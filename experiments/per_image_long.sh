@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# PP-RID with the longer schedule (objective=pp_rid_long: 100 epochs, the last one kept) on the
+# second data shape, with and without masks, against the default 40-epoch PP-RID of
+# experiments/per_image.sh (README, "A second data shape"). Needs that script's run dir (its
+# judges, data files and default PP-RID checkpoints).
+#
+#   bash experiments/per_image_long.sh [PER_IMAGE_ROOT] [OUT_ROOT]
+#     defaults: outputs/per_image, outputs/per_image_long
+#
+# 1. trains pp_rid_long on each shape, one thread each side by side, with the CPU's fast
+#    switches (bf16 autocast, channels_last, fused Adam; about 50 minutes each); skipped where
+#    the run dir has finished;
+# 2. exports each release (the file the test evaluation attacks);
+# 3. validation split: both PP-RIDs, every attacker, no baselines (the choice; the masked shape's
+#    choice was made by experiments/results/per_image/long_val/run.sh);
+# 4. test split: both PP-RIDs and the baselines (the report), each shape once;
+# 5. explanation panels made of each long release.
+# Metrics, reports and gates go to experiments/results/per_image/long/ ({val,test}_{shape}_*).
+# Attackers already trained by an earlier evaluation of the same inputs are reused from its
+# cache (`attackers/`): the baselines' and the default PP-RID's come from per_image.sh's and
+# per_image_latent.sh's evaluations.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=${1:-outputs/per_image}
+OUT=${2:-outputs/per_image_long}
+PY=${PYTHON:-python}
+RESULTS=${RESULTS:-experiments/results/per_image/long}
+SPLITS=${SPLITS:-val test}
+mkdir -p "$OUT" "$RESULTS"
+M=$ROOT/masks
+JUDGES="task.disease_ckpt=$M/disease/checkpoints/best.pt task.identity_ckpt=$M/identity/checkpoints/best.pt task.siamese_ckpt=$M/siamese/checkpoints/best.pt"
+FAST="trainer.amp=true trainer.channels_last=true trainer.fused_adam=true"
+data() {  # the data overrides of a shape
+    if [ "$1" = masks ]; then echo "dataset.path=$ROOT/masks/synthesize/synthetic_iris.h5"
+    else echo "dataset.generator.masks=false dataset.path=$ROOT/no_masks/synthesize/synthetic_iris.h5"; fi
+}
+
+pids=()
+for v in masks no_masks; do
+    if [ -f "$OUT/$v/pp_rid_long/metrics.json" ]; then continue; fi  # trained already
+    # shellcheck disable=SC2046,SC2086
+    OMP_NUM_THREADS=1 $PY -m ppgan task=anonymizer dataset=synthetic_per_image $(data $v) \
+        model=rid_gan objective=pp_rid_long $FAST $JUDGES \
+        hydra.run.dir="$OUT/$v/pp_rid_long" > "$OUT/$v.train.log" 2>&1 &
+    pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done  # a failed job stops the script
+
+for v in masks no_masks; do
+    # shellcheck disable=SC2046
+    [ -f "$OUT/$v/export/anonymized.h5" ] || $PY -m ppgan task=export \
+        dataset=synthetic_per_image $(data $v) \
+        task.checkpoint="$OUT/$v/pp_rid_long/checkpoints/best.pt" hydra.run.dir="$OUT/$v/export"
+done
+
+evaluate() {  # shape split extra-overrides...
+    local v=$1 split=$2; shift 2
+    local dir="$OUT/$v/evaluate_$split"
+    mkdir -p "$dir/attackers"
+    for cache in "$ROOT/$v/evaluate/attackers" "$ROOT/$v/evaluate_gates/attackers" \
+        "outputs/per_image_latent/$v/evaluate_$split/attackers"; do
+        if [ -d "$cache" ]; then
+            for f in "$cache"/*.pt; do [ -e "$dir/attackers/${f##*/}" ] || cp "$f" "$dir/attackers/"; done
+        fi
+    done
+    # shellcheck disable=SC2046,SC2086
+    OMP_NUM_THREADS=1 $PY -m ppgan task=evaluate task.split="$split" dataset=synthetic_per_image \
+        $(data "$v") $JUDGES '~task.methods.pp_mir' '~task.methods.pp_sir' \
+        task.methods.pp_rid.checkpoint="$ROOT/$v/pp_rid/checkpoints/best.pt" \
+        "+task.methods.pp_rid_long={_target_:ppgan.baselines.Generator,checkpoint:$OUT/$v/pp_rid_long/checkpoints/best.pt}" \
+        "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1
+    cp "$dir/metrics.json" "$RESULTS/${split}_${v}_metrics.json"
+    cp "$dir/report.md" "$RESULTS/${split}_${v}_report.md"
+    $PY experiments/gates.py "$dir/metrics.json" --json "$RESULTS/${split}_${v}_gates.json" \
+        | tee "$RESULTS/${split}_${v}_gates.md"
+}
+if [[ " $SPLITS " == *" val "* ]]; then
+    pids=()
+    for v in masks no_masks; do
+        evaluate $v val '~task.methods.blur' '~task.methods.pixelate' '~task.methods.ksame' \
+            '~task.methods.prototype' &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p"; done
+fi
+if [[ " $SPLITS " == *" test "* ]]; then
+    # Every baseline on both shapes; the exported files of both PP-RIDs are attacked as shipped.
+    pids=()
+    for v in masks no_masks; do
+        evaluate $v test "task.release_files.pp_rid=$ROOT/$v/export_pp_rid/anonymized.h5" \
+            "+task.release_files.pp_rid_long=$OUT/$v/export/anonymized.h5" &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p"; done
+fi
+
+for v in masks no_masks; do
+    # shellcheck disable=SC2046
+    $PY -m ppgan task=explain dataset=synthetic_per_image $(data $v) \
+        task.disease_ckpt="$M/disease/checkpoints/best.pt" \
+        task.anonymized_file="$OUT/$v/export/anonymized.h5" hydra.run.dir="$OUT/$v/explain"
+    cp "$OUT/$v/explain/metrics.json" "$RESULTS/explain_${v}_metrics.json"
+done
