@@ -21,6 +21,7 @@
 #   RESULTS=experiments/results/per_image/disease_feat_val SPLITS=val \
 #   bash experiments/per_image_latent.sh outputs/per_image outputs/disease_feat
 set -euo pipefail
+shopt -s nullglob  # an empty attacker cache copies nothing
 cd "$(dirname "$0")/.."
 ROOT=${1:-outputs/per_image}
 OUT=${2:-outputs/per_image_latent}

@@ -19,7 +19,14 @@
 # Attackers already trained by an earlier evaluation of the same inputs are reused from its
 # cache (`attackers/`): the baselines' and the default PP-RID's come from per_image.sh's and
 # per_image_latent.sh's evaluations.
+# The masked run repeats the one of results/per_image/long_val/run.sh (the choice, made on
+# validation) under the preset's name: same seed and settings, so the same weights on the same
+# CPU, which the script does not assume.
 set -euo pipefail
+shopt -s nullglob  # an empty attacker cache copies nothing
+# A failed job ends the script at its `wait`: stop the other one too, so that a re-run does
+# not find a second process training in the same run dir.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 cd "$(dirname "$0")/.."
 ROOT=${1:-outputs/per_image}
 OUT=${2:-outputs/per_image_long}

@@ -200,6 +200,11 @@ def test_select_last_keeps_the_final_epoch_whatever_the_score(run, judges, monke
     assert best["epoch"] == last["epoch"] == 3
     for k, v in best["decoder"].items():
         assert torch.equal(v, last["decoder"][k]), k
+    # Resumed with one more epoch (a worse score): its own last epoch is kept, not epoch 3.
+    more = [a.replace("task.epochs=3", "task.epochs=4") for a in args]
+    metrics, _ = run(*more, "task.select=last", "task.selection_warmup=0", name="last")
+    assert torch.load(out / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 4
+    assert metrics["best_epoch"] == 4
     with pytest.raises(PpganError, match=r"task.select=first: must be 'best' or 'last'"):
         run(*args, "task.select=first", name="bad")
 
@@ -341,11 +346,14 @@ def test_rid_latent_term_trains_checkpoints_its_bank_and_resumes(run, judges):
 
 
 def test_configs_older_than_the_latent_term_still_match():
-    """A checkpoint trained before `objective.loss.latent` existed is the term switched off."""
+    """A checkpoint trained before `objective.loss.latent` (or `task.select`) existed is the
+    term switched off (selection by the validation score)."""
     old = {"objective.loss.kl": 0.002}
     new = old | {"objective.loss.latent": 0.0, "objective.latent_refresh": 1}
+    new |= {"task.select": "best"}
     assert config_changes(old, new) == ""
     assert "objective.loss.latent" in config_changes(old, new | {"objective.loss.latent": 1.0})
+    assert "task.select" in config_changes(old, new | {"task.select": "last"})
 
 
 def test_identity_explained_variance_known_answers():

@@ -129,7 +129,8 @@ def training_config(cfg: DictConfig) -> dict[str, Any]:
 
 # What a key that an older checkpoint does not record means, for `config_changes`: the value
 # that reproduces those runs (PP-RID's `latent` and `disease_feat` terms are off at 0, the
-# latent refresh period does nothing while it is off, one independent disease network), or
+# latent refresh period does nothing while it is off, one independent disease network, model
+# selection by the validation score), or
 # `UNRECORDED` for budget keys older checkpoints did not store (not compared: their budget is
 # unknown), so older run dirs resume and their finished pipeline stages are reused.
 UNRECORDED = object()
@@ -138,6 +139,7 @@ LATER_KEYS: dict[str, Any] = {
     "objective.loss.disease_feat": 0.0,
     "task.indep_networks": 1,
     "objective.latent_refresh": 1,
+    "task.select": "best",
     **dict.fromkeys(BUDGET_KEYS, UNRECORDED),
 }
 

@@ -158,11 +158,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     keep = task.get("select", "best")
     if keep not in ("best", "last"):
         raise PpganError(f"task.select={keep}: must be 'best' or 'last'")
-    # select=last: only the final epoch is selectable, so best.pt is the last epoch's (at 128 px
-    # the validation score favoured epoch 24 of 100 while the realism of the releases kept
-    # improving to the end; README, "A second data shape").
-    warmup = task.epochs - 1 if keep == "last" else task.selection_warmup
-    select = Selection(patience=task.patience, warmup=warmup)
+    # select=last: best.pt is the final epoch's, no early stop (at 128 px the validation score
+    # favoured epoch 24 of 100 while the releases kept improving to the end; README, "A second
+    # data shape"). The score is still logged.
+    select = Selection(
+        patience=task.patience if keep == "best" else 0, warmup=task.selection_warmup
+    )
     start = ctx.resume(nets, opts, select)
     # Generator and critic wrapped separately: each phase all-reduces its own player's gradients.
     train_enc, train_dec, train_critic = (ctx.wrap(net) for net in (enc, dec, critic))
@@ -251,7 +252,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         if ctx.dist.is_main and ((epoch + 1) % task.sample_every == 0 or final):
             save_samples(ctx, enc, dec, fixed, epoch + 1)
         bar.set_postfix(score=f"{val['score']:.3f}", agree=f"{val['disease_agreement']:.2f}")
-        improved = select.update((val["score"],), epoch)
+        # select=last: also a run resumed with more epochs ends on its own last epoch.
+        improved = final if keep == "last" else select.update((val["score"],), epoch)
         ctx.end_epoch(epoch, nets, opts, select, improved, **meta)
 
     bar.close()

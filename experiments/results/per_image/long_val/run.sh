@@ -4,6 +4,7 @@
 # LAST checkpoint (epoch 100; the validation score selected epoch 24). Needs per_image.sh's run
 # dir. ~51 min training at one thread, ~3 min evaluation with cached attackers.
 set -euo pipefail
+shopt -s nullglob  # an empty attacker cache copies nothing
 cd "$(dirname "$0")/../../../.."
 ROOT=${1:-outputs/per_image}
 OUT=${2:-outputs/long128}
