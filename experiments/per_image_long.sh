@@ -33,6 +33,11 @@ OUT=${2:-outputs/per_image_long}
 PY=${PYTHON:-python}
 RESULTS=${RESULTS:-experiments/results/per_image/long}
 SPLITS=${SPLITS:-val test}
+# NETS=K > 1: K independent disease networks (task.indep_networks) and the range of their
+# scores; run dirs and result files get a `_netsK` suffix, e.g. NETS=3 SPLITS=val.
+NETS=${NETS:-1}
+TAG=""
+[ "$NETS" = 1 ] || TAG="_nets$NETS"
 mkdir -p "$OUT" "$RESULTS"
 M=$ROOT/masks
 JUDGES="task.disease_ckpt=$M/disease/checkpoints/best.pt task.identity_ckpt=$M/identity/checkpoints/best.pt task.siamese_ckpt=$M/siamese/checkpoints/best.pt"
@@ -62,10 +67,10 @@ done
 
 evaluate() {  # shape split extra-overrides...
     local v=$1 split=$2; shift 2
-    local dir="$OUT/$v/evaluate_$split"
+    local dir="$OUT/$v/evaluate_$split$TAG"
     mkdir -p "$dir/attackers"
     for cache in "$ROOT/$v/evaluate/attackers" "$ROOT/$v/evaluate_gates/attackers" \
-        "outputs/per_image_latent/$v/evaluate_$split/attackers"; do
+        "outputs/per_image_latent/$v/evaluate_$split/attackers" "$OUT/$v/evaluate_$split/attackers"; do
         if [ -d "$cache" ]; then
             for f in "$cache"/*.pt; do [ -e "$dir/attackers/${f##*/}" ] || cp "$f" "$dir/attackers/"; done
         fi
@@ -75,11 +80,12 @@ evaluate() {  # shape split extra-overrides...
         $(data "$v") $JUDGES '~task.methods.pp_mir' '~task.methods.pp_sir' \
         task.methods.pp_rid.checkpoint="$ROOT/$v/pp_rid/checkpoints/best.pt" \
         "+task.methods.pp_rid_long={_target_:ppgan.baselines.Generator,checkpoint:$OUT/$v/pp_rid_long/checkpoints/best.pt}" \
-        "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1
-    cp "$dir/metrics.json" "$RESULTS/${split}_${v}_metrics.json"
-    cp "$dir/report.md" "$RESULTS/${split}_${v}_report.md"
-    $PY experiments/gates.py "$dir/metrics.json" --json "$RESULTS/${split}_${v}_gates.json" \
-        | tee "$RESULTS/${split}_${v}_gates.md"
+        task.indep_networks="$NETS" "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1
+    local name="${split}_${v}$TAG"
+    cp "$dir/metrics.json" "$RESULTS/${name}_metrics.json"
+    cp "$dir/report.md" "$RESULTS/${name}_report.md"
+    $PY experiments/gates.py "$dir/metrics.json" --json "$RESULTS/${name}_gates.json" \
+        | tee "$RESULTS/${name}_gates.md"
 }
 if [[ " $SPLITS " == *" val "* ]]; then
     pids=()
@@ -102,6 +108,7 @@ if [[ " $SPLITS " == *" test "* ]]; then
 fi
 
 for v in masks no_masks; do
+    [ -f "$OUT/$v/explain/metrics.json" ] && continue  # made already
     # shellcheck disable=SC2046
     $PY -m ppgan task=explain dataset=synthetic_per_image $(data $v) \
         task.disease_ckpt="$M/disease/checkpoints/best.pt" \
