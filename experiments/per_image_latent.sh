@@ -21,7 +21,6 @@
 #   RESULTS=experiments/results/per_image/disease_feat_val SPLITS=val \
 #   bash experiments/per_image_latent.sh outputs/per_image outputs/disease_feat
 set -euo pipefail
-shopt -s nullglob  # an empty attacker cache copies nothing
 cd "$(dirname "$0")/.."
 ROOT=${1:-outputs/per_image}
 OUT=${2:-outputs/per_image_latent}
@@ -32,12 +31,8 @@ LATENT_ROOT=${LATENT_ROOT:-$OUT}
 RESULTS=${RESULTS:-experiments/results/per_image/latent_val}
 SPLITS=${SPLITS:-val test}
 mkdir -p "$OUT" "$RESULTS"
-M=$ROOT/masks
-JUDGES="task.disease_ckpt=$M/disease/checkpoints/best.pt task.identity_ckpt=$M/identity/checkpoints/best.pt task.siamese_ckpt=$M/siamese/checkpoints/best.pt"
-data() {  # the data overrides of a shape
-    if [ "$1" = masks ]; then echo "dataset.path=$ROOT/masks/synthesize/synthetic_iris.h5"
-    else echo "dataset.generator.masks=false dataset.path=$ROOT/no_masks/synthesize/synthetic_iris.h5"; fi
-}
+# shellcheck source=experiments/per_image_lib.sh
+. experiments/per_image_lib.sh
 method() {  # a run dir's best checkpoint as an evaluated method: name dir
     echo "+task.methods.$1={_target_:ppgan.baselines.Generator,checkpoint:$2/checkpoints/best.pt}"
 }
@@ -58,13 +53,8 @@ evaluate() {  # shape split extra-overrides...
     local further=""
     [ "$NAME" = pp_rid_latent ] || further=$(method "$NAME" "$OUT/$v/$NAME")
     local dir="$OUT/$v/evaluate_$split"
-    mkdir -p "$dir/attackers"
-    for cache in "$ROOT/$v/evaluate/attackers" "$ROOT/$v/evaluate_gates/attackers" \
-        "$LATENT_ROOT/$v/evaluate_$split/attackers"; do
-        if [ -d "$cache" ]; then
-            for f in "$cache"/*.pt; do [ -e "$dir/attackers/${f##*/}" ] || cp "$f" "$dir/attackers/"; done
-        fi
-    done
+    seed_attackers "$dir" "$ROOT/$v/evaluate/attackers" "$ROOT/$v/evaluate_gates/attackers" \
+        "$LATENT_ROOT/$v/evaluate_$split/attackers"
     # shellcheck disable=SC2046,SC2086
     OMP_NUM_THREADS=1 $PY -m ppgan task=evaluate task.split="$split" dataset=synthetic_per_image \
         $(data "$v") $JUDGES '~task.methods.pp_mir' '~task.methods.pp_sir' \

@@ -23,7 +23,6 @@
 # validation) under the preset's name: same seed and settings, so the same weights on the same
 # CPU, which the script does not assume.
 set -euo pipefail
-shopt -s nullglob  # an empty attacker cache copies nothing
 # A failed job ends the script at its `wait`: stop the other one too, so that a re-run does
 # not find a second process training in the same run dir.
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
@@ -39,13 +38,9 @@ NETS=${NETS:-1}
 TAG=""
 [ "$NETS" = 1 ] || TAG="_nets$NETS"
 mkdir -p "$OUT" "$RESULTS"
-M=$ROOT/masks
-JUDGES="task.disease_ckpt=$M/disease/checkpoints/best.pt task.identity_ckpt=$M/identity/checkpoints/best.pt task.siamese_ckpt=$M/siamese/checkpoints/best.pt"
+# shellcheck source=experiments/per_image_lib.sh
+. experiments/per_image_lib.sh
 FAST="trainer.amp=true trainer.channels_last=true trainer.fused_adam=true"
-data() {  # the data overrides of a shape
-    if [ "$1" = masks ]; then echo "dataset.path=$ROOT/masks/synthesize/synthetic_iris.h5"
-    else echo "dataset.generator.masks=false dataset.path=$ROOT/no_masks/synthesize/synthetic_iris.h5"; fi
-}
 
 pids=()
 for v in masks no_masks; do
@@ -68,13 +63,8 @@ done
 evaluate() {  # shape split extra-overrides...
     local v=$1 split=$2; shift 2
     local dir="$OUT/$v/evaluate_$split$TAG"
-    mkdir -p "$dir/attackers"
-    for cache in "$ROOT/$v/evaluate/attackers" "$ROOT/$v/evaluate_gates/attackers" \
-        "outputs/per_image_latent/$v/evaluate_$split/attackers" "$OUT/$v/evaluate_$split/attackers"; do
-        if [ -d "$cache" ]; then
-            for f in "$cache"/*.pt; do [ -e "$dir/attackers/${f##*/}" ] || cp "$f" "$dir/attackers/"; done
-        fi
-    done
+    seed_attackers "$dir" "$ROOT/$v/evaluate/attackers" "$ROOT/$v/evaluate_gates/attackers" \
+        "outputs/per_image_latent/$v/evaluate_$split/attackers" "$OUT/$v/evaluate_$split/attackers"
     # shellcheck disable=SC2046,SC2086
     OMP_NUM_THREADS=1 $PY -m ppgan task=evaluate task.split="$split" dataset=synthetic_per_image \
         $(data "$v") $JUDGES '~task.methods.pp_mir' '~task.methods.pp_sir' \

@@ -4,13 +4,12 @@
 # LAST checkpoint (epoch 100; the validation score selected epoch 24). Needs per_image.sh's run
 # dir. ~51 min training at one thread, ~3 min evaluation with cached attackers.
 set -euo pipefail
-shopt -s nullglob  # an empty attacker cache copies nothing
 cd "$(dirname "$0")/../../../.."
 ROOT=${1:-outputs/per_image}
 OUT=${2:-outputs/long128}
 PY=${PYTHON:-python}
-M=$ROOT/masks
-JUDGES="task.disease_ckpt=$M/disease/checkpoints/best.pt task.identity_ckpt=$M/identity/checkpoints/best.pt task.siamese_ckpt=$M/siamese/checkpoints/best.pt"
+# shellcheck source=experiments/per_image_lib.sh
+. experiments/per_image_lib.sh
 # shellcheck disable=SC2086
 [ -f "$OUT/masks/metrics.json" ] || OMP_NUM_THREADS=1 $PY -m ppgan task=anonymizer \
     dataset=synthetic_per_image dataset.path=$M/synthesize/synthetic_iris.h5 model=rid_gan \
@@ -19,13 +18,7 @@ JUDGES="task.disease_ckpt=$M/disease/checkpoints/best.pt task.identity_ckpt=$M/i
 # The attackers trained on the originals (unseen identity, independent disease) and the default
 # PP-RID's adaptive ones, from per_image_latent.sh's validation run: the same networks as the
 # README's other validation tables (the independent disease score depends on the network).
-mkdir -p "$OUT/evaluate_val/attackers"
-CACHE=${CACHE:-outputs/per_image_latent/masks/evaluate_val/attackers}
-if [ -d "$CACHE" ]; then
-    for f in "$CACHE"/*.pt; do
-        [ -e "$OUT/evaluate_val/attackers/${f##*/}" ] || cp "$f" "$OUT/evaluate_val/attackers/"
-    done
-fi
+seed_attackers "$OUT/evaluate_val" "${CACHE:-outputs/per_image_latent/masks/evaluate_val/attackers}"
 # shellcheck disable=SC2086
 $PY -m ppgan task=evaluate task.split=val dataset=synthetic_per_image \
     dataset.path=$M/synthesize/synthetic_iris.h5 $JUDGES '~task.methods.pp_mir' \
