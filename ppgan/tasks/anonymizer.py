@@ -155,7 +155,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             )
             bank.to(ctx.device).label(data.ids, data.dis)
             nets["latent_bank"] = (bank, bank_spec)
-    keep = task.get("select", "best")
+    keep = task.select
     if keep not in ("best", "last"):
         raise PpganError(f"task.select={keep}: must be 'best' or 'last'")
     # select=last: best.pt is the final epoch's, no early stop (at 128 px the validation score
