@@ -22,6 +22,14 @@
 # The masked run repeats the one of results/per_image/long_val/run.sh (the choice, made on
 # validation) under the preset's name: same seed and settings, so the same weights on the same
 # CPU, which the script does not assume.
+#
+# A variant of the long schedule: NAME (its method and run-dir name), EXTRA (its overrides), and
+# OUT_ROOT / RESULTS of its own, e.g. with the `latent` term, validation only:
+#   NAME=pp_rid_long_latent EXTRA=objective.loss.latent=1 SPLITS=val \
+#   RESULTS=experiments/results/per_image/long_latent \
+#   bash experiments/per_image_long.sh outputs/per_image outputs/per_image_long_latent
+# Where PER_IMAGE_ROOT has no default PP-RID (per_image.sh stopped after its judges), the
+# evaluations leave the 40-epoch row out.
 set -euo pipefail
 # A failed job ends the script at its `wait`: stop the other one too, so that a re-run does
 # not find a second process training in the same run dir.
@@ -35,6 +43,8 @@ SPLITS=${SPLITS:-val test}
 # NETS=K > 1: K independent disease networks (task.indep_networks) and the range of their
 # scores; run dirs and result files get a `_netsK` suffix, e.g. NETS=3 SPLITS=val.
 NETS=${NETS:-1}
+NAME=${NAME:-pp_rid_long}
+EXTRA=${EXTRA:-}
 TAG=""
 [ "$NETS" = 1 ] || TAG="_nets$NETS"
 mkdir -p "$OUT" "$RESULTS"
@@ -44,11 +54,11 @@ FAST="trainer.amp=true trainer.channels_last=true trainer.fused_adam=true"
 
 pids=()
 for v in masks no_masks; do
-    if [ -f "$OUT/$v/pp_rid_long/metrics.json" ]; then continue; fi  # trained already
+    if [ -f "$OUT/$v/$NAME/metrics.json" ]; then continue; fi  # trained already
     # shellcheck disable=SC2046,SC2086
     OMP_NUM_THREADS=1 $PY -m ppgan task=anonymizer dataset=synthetic_per_image $(data $v) \
-        model=rid_gan objective=pp_rid_long $FAST $JUDGES \
-        hydra.run.dir="$OUT/$v/pp_rid_long" > "$OUT/$v.train.log" 2>&1 &
+        model=rid_gan objective=pp_rid_long $FAST $EXTRA $JUDGES \
+        hydra.run.dir="$OUT/$v/$NAME" > "$OUT/$v.train.log" 2>&1 &
     pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done  # a failed job stops the script
@@ -57,9 +67,15 @@ for v in masks no_masks; do
     # shellcheck disable=SC2046
     [ -f "$OUT/$v/export/anonymized.h5" ] || $PY -m ppgan task=export \
         dataset=synthetic_per_image $(data $v) \
-        task.checkpoint="$OUT/$v/pp_rid_long/checkpoints/best.pt" hydra.run.dir="$OUT/$v/export"
+        task.checkpoint="$OUT/$v/$NAME/checkpoints/best.pt" hydra.run.dir="$OUT/$v/export"
 done
 
+default_rid() {  # shape split: the 40-epoch PP-RID's overrides, or its removal where it is missing
+    local ckpt="$ROOT/$1/pp_rid/checkpoints/best.pt"
+    if [ ! -f "$ckpt" ]; then echo "~task.methods.pp_rid"; return; fi
+    echo "task.methods.pp_rid.checkpoint=$ckpt"
+    [ "$2" = val ] || echo "task.release_files.pp_rid=$ROOT/$1/export_pp_rid/anonymized.h5"
+}
 evaluate() {  # shape split extra-overrides...
     local v=$1 split=$2; shift 2
     local dir="$OUT/$v/evaluate_$split$TAG"
@@ -68,8 +84,8 @@ evaluate() {  # shape split extra-overrides...
     # shellcheck disable=SC2046,SC2086
     OMP_NUM_THREADS=1 $PY -m ppgan task=evaluate task.split="$split" dataset=synthetic_per_image \
         $(data "$v") $JUDGES '~task.methods.pp_mir' '~task.methods.pp_sir' \
-        task.methods.pp_rid.checkpoint="$ROOT/$v/pp_rid/checkpoints/best.pt" \
-        "+task.methods.pp_rid_long={_target_:ppgan.baselines.Generator,checkpoint:$OUT/$v/pp_rid_long/checkpoints/best.pt}" \
+        $(default_rid "$v" "$split") \
+        "+task.methods.$NAME={_target_:ppgan.baselines.Generator,checkpoint:$OUT/$v/$NAME/checkpoints/best.pt}" \
         task.indep_networks="$NETS" "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1
     local name="${split}_${v}$TAG"
     cp "$dir/metrics.json" "$RESULTS/${name}_metrics.json"
@@ -90,8 +106,7 @@ if [[ " $SPLITS " == *" test "* ]]; then
     # Every baseline on both shapes; the exported files of both PP-RIDs are attacked as shipped.
     pids=()
     for v in masks no_masks; do
-        evaluate $v test "task.release_files.pp_rid=$ROOT/$v/export_pp_rid/anonymized.h5" \
-            "+task.release_files.pp_rid_long=$OUT/$v/export/anonymized.h5" &
+        evaluate $v test "+task.release_files.$NAME=$OUT/$v/export/anonymized.h5" &
         pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p"; done
