@@ -18,7 +18,8 @@
 # Metrics, reports and gates go to experiments/results/per_image/long/ ({val,test}_{shape}_*).
 # Attackers already trained by an earlier evaluation of the same inputs are reused from its
 # cache (`attackers/`): the baselines' and the default PP-RID's come from per_image.sh's and
-# per_image_latent.sh's evaluations.
+# per_image_latent.sh's evaluations, and the test split reuses the validation run's (attackers
+# learn on the train and validation splits only, and their cache key holds no split).
 # The masked run repeats the one of results/per_image/long_val/run.sh (the choice, made on
 # validation) under the preset's name: same seed and settings, so the same weights on the same
 # CPU, which the script does not assume.
@@ -81,7 +82,8 @@ evaluate() {  # shape split extra-overrides...
     local v=$1 split=$2; shift 2
     local dir="$OUT/$v/evaluate_$split$TAG"
     seed_attackers "$dir" "$ROOT/$v/evaluate/attackers" "$ROOT/$v/evaluate_gates/attackers" \
-        "outputs/per_image_latent/$v/evaluate_$split/attackers" "$OUT/$v/evaluate_$split/attackers"
+        "outputs/per_image_latent/$v/evaluate_$split/attackers" "$OUT/$v/evaluate_$split/attackers" \
+        "$OUT/$v/evaluate_val$TAG/attackers"
     # shellcheck disable=SC2046,SC2086
     OMP_NUM_THREADS=1 $PY -m ppgan task=evaluate task.split="$split" dataset=synthetic_per_image \
         $(data "$v") $JUDGES '~task.methods.pp_mir' '~task.methods.pp_sir' \
