@@ -27,6 +27,19 @@ def measure(row: dict, key: str | None) -> tuple[float, float | None, float | No
     return row[key], row.get(f"{key}_ci_lo"), row.get(f"{key}_ci_hi")
 
 
+# Rates are k / n and `chance | disease` a float mean, so a rate exactly at its bound (6/60 against
+# 2 x 1/20) can sit a few ulps above it: inclusive gates (<=, >=) allow this much rounding.
+ROUNDING = 1e-9
+
+
+def at_most(bound: float):
+    return lambda v: v <= bound + ROUNDING
+
+
+def at_least(bound: float):
+    return lambda v: v >= bound - ROUNDING
+
+
 def gates(metrics: dict) -> dict[str, dict]:
     rows: dict[str, dict] = {}
     for key, value in metrics.items():
@@ -44,21 +57,21 @@ def gates(metrics: dict) -> dict[str, dict]:
         # rewards a disease-keeping release for the disease alone); the plain one otherwise.
         suffix = "_same_disease" if "privacy/link_siamese_auc_same_disease" in r else ""
         keys = {
-            "adaptive <= 2x chance|disease": (strongest(r, adaptive), lambda v: v <= 2 * cid),
-            "unseen <= 1.5x chance|disease": ("privacy/unseen_acc", lambda v: v <= 1.5 * cid),
+            "adaptive <= 2x chance|disease": (strongest(r, adaptive), at_most(2 * cid)),
+            "unseen <= 1.5x chance|disease": ("privacy/unseen_acc", at_most(1.5 * cid)),
             "link rank-1 <= 1.5x chance|disease": (
                 strongest(r, [f"privacy/link_{s}_rank1" for s in ("siamese", "unseen")]),
-                lambda v: v <= 1.5 * cid,
+                at_most(1.5 * cid),
             ),
             "link AUC <= 0.55": (
                 strongest(r, [f"privacy/link_{s}_auc{suffix}" for s in ("siamese", "unseen")]),
-                lambda v: v <= 0.55,
+                at_most(0.55),
             ),
             "indep disease >= 0.95x originals": (
                 "utility/indep_acc",
-                lambda v: v >= 0.95 * orig.get("utility/indep_acc", 1.0),
+                at_least(0.95 * orig.get("utility/indep_acc", 1.0)),
             ),
-            "diversity >= 0.5x originals": ("realism/diversity", lambda v: v >= 0.5),
+            "diversity >= 0.5x originals": ("realism/diversity", at_least(0.5)),
             "FD(disease) < k-Same-Pixel": (
                 "realism/fid_disease",
                 lambda v: v < ksame.get("realism/fid_disease", float("nan")),

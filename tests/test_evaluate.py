@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -294,6 +295,15 @@ def test_gate_script_takes_the_strongest_attacker_and_the_same_disease_auc():
     assert m["FD(disease) < k-Same-Pixel"]["pass"] and m["SSIM(ROI) > blur"]["pass"]
     assert m["passed"] == 7
     assert module.cell(m["adaptive <= 2x chance|disease"]) == "0.200 [0.100, 0.300] ✗"
+
+    # At the bound, with `chance | disease` a float mean a few ulps below 1/20 (as evaluate
+    # writes it): 6 of 60 is 2x chance | disease and passes; 7 of 60 does not.
+    cid = float(np.mean([1 / 20] * 60))
+    assert cid < 0.05 and 2 * cid < 6 / 60  # the rounding the gate has to allow
+    at_bound = metrics | {"chance/identity_disease": cid, "m/privacy/adaptive_linear_acc": 6 / 60}
+    assert module.gates(at_bound)["m"]["adaptive <= 2x chance|disease"]["pass"]
+    over = at_bound | {"m/privacy/adaptive_linear_acc": 7 / 60}
+    assert not module.gates(over)["m"]["adaptive <= 2x chance|disease"]["pass"]
 
 
 def test_several_independent_disease_networks_give_a_range(
