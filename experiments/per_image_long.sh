@@ -29,6 +29,7 @@
 #   NAME=pp_rid_long_latent EXTRA=objective.loss.latent=1 SPLITS=val \
 #   RESULTS=experiments/results/per_image/long_latent \
 #   bash experiments/per_image_long.sh outputs/per_image outputs/per_image_long_latent
+# SHAPES=masks runs one variant only.
 # Where PER_IMAGE_ROOT has no default PP-RID (per_image.sh stopped after its judges), the
 # evaluations leave the 40-epoch row out.
 set -euo pipefail
@@ -46,6 +47,7 @@ SPLITS=${SPLITS:-val test}
 NETS=${NETS:-1}
 NAME=${NAME:-pp_rid_long}
 EXTRA=${EXTRA:-}
+SHAPES=${SHAPES:-masks no_masks}  # e.g. SHAPES=masks: one variant only
 TAG=""
 [ "$NETS" = 1 ] || TAG="_nets$NETS"
 mkdir -p "$OUT" "$RESULTS"
@@ -54,7 +56,7 @@ mkdir -p "$OUT" "$RESULTS"
 FAST="trainer.amp=true trainer.channels_last=true trainer.fused_adam=true"
 
 pids=()
-for v in masks no_masks; do
+for v in $SHAPES; do
     if [ -f "$OUT/$v/$NAME/metrics.json" ]; then continue; fi  # trained already
     # shellcheck disable=SC2046,SC2086
     OMP_NUM_THREADS=1 $PY -m ppgan task=anonymizer dataset=synthetic_per_image $(data $v) \
@@ -64,7 +66,7 @@ for v in masks no_masks; do
 done
 for p in "${pids[@]}"; do wait "$p"; done  # a failed job stops the script
 
-for v in masks no_masks; do
+for v in $SHAPES; do
     # shellcheck disable=SC2046
     [ -f "$OUT/$v/export/anonymized.h5" ] || $PY -m ppgan task=export \
         dataset=synthetic_per_image $(data $v) \
@@ -98,7 +100,7 @@ evaluate() {  # shape split extra-overrides...
 }
 if [[ " $SPLITS " == *" val "* ]]; then
     pids=()
-    for v in masks no_masks; do
+    for v in $SHAPES; do
         evaluate $v val '~task.methods.blur' '~task.methods.pixelate' '~task.methods.ksame' \
             '~task.methods.prototype' &
         pids+=($!)
@@ -109,14 +111,14 @@ if [[ " $SPLITS " == *" test "* ]]; then
     # Every baseline on both shapes; the exported files of both PP-RIDs (of the variant alone
     # where the 40-epoch one is missing) are attacked as shipped.
     pids=()
-    for v in masks no_masks; do
+    for v in $SHAPES; do
         evaluate $v test "+task.release_files.$NAME=$OUT/$v/export/anonymized.h5" &
         pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p"; done
 fi
 
-for v in masks no_masks; do
+for v in $SHAPES; do
     [ -f "$OUT/$v/explain/metrics.json" ] && continue  # made already
     # shellcheck disable=SC2046
     $PY -m ppgan task=explain dataset=synthetic_per_image $(data $v) \
