@@ -47,7 +47,7 @@ SPLITS=${SPLITS:-val test}
 NETS=${NETS:-1}
 NAME=${NAME:-pp_rid_long}
 EXTRA=${EXTRA:-}
-SHAPES=${SHAPES:-masks no_masks}  # e.g. SHAPES=masks: one variant only
+SHAPES=${SHAPES:-masks no_masks}
 TAG=""
 [ "$NETS" = 1 ] || TAG="_nets$NETS"
 mkdir -p "$OUT" "$RESULTS"
@@ -108,7 +108,7 @@ if [[ " $SPLITS " == *" val "* ]]; then
     for p in "${pids[@]}"; do wait "$p"; done
 fi
 if [[ " $SPLITS " == *" test "* ]]; then
-    # Every baseline on both shapes; the exported files of both PP-RIDs (of the variant alone
+    # Every baseline on each shape; the exported files of both PP-RIDs (of the variant alone
     # where the 40-epoch one is missing) are attacked as shipped.
     pids=()
     for v in $SHAPES; do
