@@ -29,7 +29,8 @@
 #   NAME=pp_rid_long_latent EXTRA=objective.loss.latent=1 SPLITS=val \
 #   RESULTS=experiments/results/per_image/long_latent \
 #   bash experiments/per_image_long.sh outputs/per_image outputs/per_image_long_latent
-# SHAPES=masks runs one variant only.
+# SHAPES=masks runs one variant only; THREADS=2 then gives its training both cores (default 1,
+# for the two shapes side by side; the thread count can change floating-point sums).
 # Where PER_IMAGE_ROOT has no default PP-RID (per_image.sh stopped after its judges), the
 # evaluations leave the 40-epoch row out.
 set -euo pipefail
@@ -48,6 +49,7 @@ NETS=${NETS:-1}
 NAME=${NAME:-pp_rid_long}
 EXTRA=${EXTRA:-}
 SHAPES=${SHAPES:-masks no_masks}
+THREADS=${THREADS:-1}
 TAG=""
 [ "$NETS" = 1 ] || TAG="_nets$NETS"
 mkdir -p "$OUT" "$RESULTS"
@@ -59,7 +61,7 @@ pids=()
 for v in $SHAPES; do
     if [ -f "$OUT/$v/$NAME/metrics.json" ]; then continue; fi  # trained already
     # shellcheck disable=SC2046,SC2086
-    OMP_NUM_THREADS=1 $PY -m ppgan task=anonymizer dataset=synthetic_per_image $(data $v) \
+    OMP_NUM_THREADS=$THREADS $PY -m ppgan task=anonymizer dataset=synthetic_per_image $(data $v) \
         model=rid_gan objective=pp_rid_long $FAST $EXTRA $JUDGES \
         hydra.run.dir="$OUT/$v/$NAME" > "$OUT/$v.train.log" 2>&1 &
     pids+=($!)
