@@ -11,6 +11,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from ppgan.data import ImageData
 from ppgan.engine.checkpoint import load_frozen_parts
+from ppgan.errors import PpganError
 
 
 class Anonymizer:
@@ -112,10 +113,14 @@ class Prototype(Anonymizer):
 
 
 class Generator(Anonymizer):
-    """A trained ppgan generator (checkpoint of task=anonymizer), z = mu."""
+    """A trained ppgan generator (checkpoint of task=anonymizer): z = mu, or with
+    `temperature > 0` the posterior's noise scaled by it (`Encoder.release`; task=export's
+    `task.temperature`)."""
 
-    def __init__(self, checkpoint: str, quantize: bool = True):
-        self.checkpoint, self.quantize = checkpoint, quantize
+    def __init__(self, checkpoint: str, quantize: bool = True, temperature: float = 0.0):
+        if temperature < 0:
+            raise PpganError(f"task.methods.*.temperature={temperature}: must be >= 0")
+        self.checkpoint, self.quantize, self.temperature = checkpoint, quantize, temperature
 
     def fit(self, data: ImageData) -> Generator:
         (self.enc, self.dec), ckpt = load_frozen_parts(
@@ -126,12 +131,13 @@ class Generator(Anonymizer):
             "task.methods.*.checkpoint",
         )
         self.variant = ckpt.get("variant")  # what it was trained against: mir / sir
-        self.stochastic = bool(self.enc.identity_dim)  # PP-RID: a new identity code per image
+        # PP-RID draws a new identity code per image; a temperature redraws part of the content
+        self.stochastic = bool(self.enc.identity_dim) or self.temperature > 0
         return self
 
     @torch.no_grad()
     def __call__(self, batch):
-        x = self.dec(self.enc(batch["images"], batch["masks"])[0])
+        x = self.dec(self.enc.release(batch["images"], batch["masks"], self.temperature))
         return quantize(x) if self.quantize else x
 
 

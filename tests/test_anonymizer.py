@@ -306,6 +306,28 @@ def test_rid_encoder_redraws_only_the_identity_code():
     assert torch.equal(plain(x, m)[0], plain.posterior(x, m)[0])
 
 
+def test_release_temperature_scales_the_posterior_noise_of_the_content(run):
+    from ppgan.models.vae import Encoder
+
+    torch.manual_seed(0)
+    x, m = torch.rand(4, 3, 32, 32) * 2 - 1, torch.ones(4, 1, 32, 32)
+    for identity_dim in (0, 6):
+        enc = Encoder([3, 32, 32], z_dim=16, units=16, kernel=4, identity_dim=identity_dim).eval()
+        k = 16 - identity_dim
+        mu, logvar = enc.posterior(x, m)
+        assert torch.equal(enc.release(x, m)[:, :k], mu[:, :k])  # 0: the content's mean
+        for t in (0.5, 2.0):
+            eps = torch.cat(
+                [(enc.release(x, m, t)[:, :k] - mu[:, :k]) / torch.exp(0.5 * logvar[:, :k]) / t
+                 for _ in range(50)]
+            )
+            assert 0.9 < eps.std().item() < 1.1 and abs(eps.mean().item()) < 0.1
+        with pytest.raises(ValueError, match="temperature=-1"):
+            enc.release(x, m, -1)
+    with pytest.raises(PpganError, match=r"task.temperature=-0.5: must be >= 0"):
+        run("task=export", "task.checkpoint=none.pt", "task.temperature=-0.5", name="neg")
+
+
 def test_rid_trains_its_adversary_and_releases_random_people(run, judges):
     metrics, out = run(*RID, *judge_overrides(judges), name="rid")
     for key in ("val/adaptive_acc", "val/disease_agreement", "val/score"):

@@ -100,6 +100,22 @@ class Encoder(nn.Module):
         noise = torch.randn_like(mu[:, k:])
         return torch.cat([mu[:, :k], noise], 1), torch.cat([logvar[:, :k], noise * 0], 1)
 
+    def release(self, image: Tensor, mask: Tensor, temperature: float = 0.0) -> Tensor:
+        """The latent that is decoded for release: the posterior mean of the content, plus, with
+        `temperature > 0`, the posterior's own noise scaled by it (1: a draw from q(z | x); the
+        content's sigma is about as large as its spread across images on the 128 px data, so a
+        fraction of it already redraws part of what the mean carries of the person). The identity
+        code (PP-RID) is a fresh N(0, I) draw either way.
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature}: must be >= 0")
+        mu, logvar = self(image, mask)
+        if not temperature:
+            return mu
+        k = mu.shape[1] - self.identity_dim  # the code's logvar is 0 here: leave the draw as is
+        noise = temperature * torch.exp(0.5 * logvar[:, :k]) * torch.randn_like(mu[:, :k])
+        return torch.cat([mu[:, :k] + noise, mu[:, k:]], 1)
+
     def split(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """(content, identity code) parts of a latent [N, z_dim]."""
         k = z.shape[1] - self.identity_dim

@@ -21,7 +21,6 @@ from ppgan.data.release import export_release
 from ppgan.engine import RunContext, load_frozen_parts
 from ppgan.engine.images import rows_grid
 from ppgan.errors import PpganError
-from ppgan.models.vae import reparameterize
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +28,8 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     ctx = RunContext(cfg, out_dir)
     task = cfg.task
+    if task.temperature < 0:
+        raise PpganError(f"task.temperature={task.temperature}: must be >= 0 (0: z = mu)")
     data = load_dataset(cfg.dataset, require_splits=()).to(ctx.device)
     (enc, dec), _ = load_frozen_parts(
         task.checkpoint, ("encoder", "decoder"), data.shape, ctx.device, "task.checkpoint"
@@ -44,9 +45,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             "anonymized image to its patient; use it for evaluation only"
         )
 
-    def anonymize(b: dict) -> Tensor:  # z = mu unless task.sample_latent (seeded by cfg.seed)
-        mu, logvar = enc(b["images"], b["masks"])
-        return dec(reparameterize(mu, logvar) if task.sample_latent else mu)
+    def anonymize(b: dict) -> Tensor:  # z = mu unless task.temperature > 0 (seeded by cfg.seed)
+        return dec(enc.release(b["images"], b["masks"], task.temperature))
 
     out_path = out_dir / task.filename
     real, fake = export_release(

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# PP-RID released at a temperature (README, "A second data shape"): the content part of the
+# release latent drawn as mu + t * sigma * eps from the encoder's own posterior (Encoder.release;
+# task.temperature of task=export, `temperature` of ppgan.baselines.Generator) instead of its
+# mean, so that part of what the mean still carries of the person is redrawn for every image.
+# No training: the 160-epoch masked checkpoint of experiments/per_image_long.sh's xlong run,
+# judged by per_image.sh's networks, as that run was.
+#
+#   bash experiments/per_image_temperature.sh [PER_IMAGE_ROOT] [XLONG_ROOT]
+#     defaults: outputs/per_image, outputs/per_image_xlong
+#
+# SPLIT=val (default): every temperature of TEMPS (default "0.5 1") in one evaluation of the
+#   validation split, every attacker, no baselines; gates to RESULTS/val_masks_gates.*.
+# SPLIT=test TEMP=t: the test split, read once for the temperature chosen on validation: the
+#   release exported at t (attacked as shipped), every baseline, and the explanation panels.
+# Metrics, reports and gates go to RESULTS (default experiments/results/per_image/temperature).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=${1:-outputs/per_image}
+XL=${2:-outputs/per_image_xlong}
+PY=${PYTHON:-python}
+RESULTS=${RESULTS:-experiments/results/per_image/temperature}
+SPLIT=${SPLIT:-val}
+TEMPS=${TEMPS:-0.5 1}
+THREADS=${THREADS:-2}
+# shellcheck source=experiments/per_image_lib.sh
+. experiments/per_image_lib.sh
+CKPT=$XL/masks/pp_rid_xlong/checkpoints/best.pt
+OUT=$XL/masks/temperature
+[ -f "$CKPT" ] || { echo "per_image_temperature.sh: $CKPT: no checkpoint (run per_image_long.sh's xlong first)" >&2; exit 1; }
+mkdir -p "$OUT" "$RESULTS"
+method() {  # t: the evaluate override of the checkpoint released at temperature t
+    echo "+task.methods.pp_rid_xlong_t${1//./}={_target_:ppgan.baselines.Generator,checkpoint:$CKPT,temperature:$1}"
+}
+evaluate() {  # split name overrides...
+    local split=$1 name=$2 dir="$OUT/evaluate_$1"; shift 2
+    # the originals' attackers (their cache key holds no split) from the xlong evaluation
+    seed_attackers "$dir" "$XL/masks/evaluate_val/attackers" "$ROOT/masks/evaluate/attackers"
+    # shellcheck disable=SC2046,SC2086
+    OMP_NUM_THREADS=$THREADS $PY -m ppgan task=evaluate task.split="$split" \
+        dataset=synthetic_per_image $(data masks) $JUDGES \
+        '~task.methods.pp_mir' '~task.methods.pp_sir' "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1
+    cp "$dir/metrics.json" "$RESULTS/${name}_metrics.json"
+    cp "$dir/report.md" "$RESULTS/${name}_report.md"
+    $PY experiments/gates.py "$dir/metrics.json" --json "$RESULTS/${name}_gates.json" \
+        | tee "$RESULTS/${name}_gates.md"
+}
+if [ "$SPLIT" = val ]; then
+    methods=()
+    for t in $TEMPS; do methods+=("$(method "$t")"); done
+    evaluate val val_masks '~task.methods.blur' '~task.methods.pixelate' '~task.methods.ksame' \
+        '~task.methods.prototype' "${methods[@]}"
+elif [ "$SPLIT" = test ]; then
+    t=${TEMP:?SPLIT=test needs TEMP, the temperature chosen on validation}
+    ex="$OUT/export_t${t//./}"
+    [ -f "$ex/anonymized.h5" ] || OMP_NUM_THREADS=$THREADS $PY -m ppgan task=export \
+        dataset=synthetic_per_image $(data masks) task.checkpoint="$CKPT" task.temperature="$t" \
+        hydra.run.dir="$ex"
+    evaluate test test_masks "$(method "$t")" \
+        "+task.release_files.pp_rid_xlong_t${t//./}=$ex/anonymized.h5"
+    OMP_NUM_THREADS=$THREADS $PY -m ppgan task=explain dataset=synthetic_per_image $(data masks) \
+        task.disease_ckpt="$M/disease/checkpoints/best.pt" \
+        task.anonymized_file="$ex/anonymized.h5" hydra.run.dir="$OUT/explain_t${t//./}"
+    cp "$OUT/explain_t${t//./}/metrics.json" "$RESULTS/explain_masks_t${t//./}_metrics.json"
+else
+    echo "per_image_temperature.sh: SPLIT=$SPLIT: choose val or test" >&2
+    exit 1
+fi
