@@ -10,7 +10,8 @@
 #     defaults: outputs/per_image, outputs/per_image_xlong
 #
 # SPLIT=val (default): every temperature of TEMPS (default "0.5 1") in one evaluation of the
-#   validation split, every attacker, no baselines; gates to RESULTS/val_masks_gates.*.
+#   validation split, every attacker, no baselines; gates to RESULTS/val_masks_t<temps>_gates.*
+#   (t05_t1 for the default: the name says which temperatures were read together).
 # SPLIT=test TEMP=t: the test split, read once for the temperature chosen on validation: the
 #   release exported at t (attacked as shipped), every baseline, and the explanation panels.
 # Metrics, reports and gates go to RESULTS (default experiments/results/per_image/temperature).
@@ -33,9 +34,11 @@ method() {  # t: the evaluate override of the checkpoint released at temperature
     echo "+task.methods.pp_rid_xlong_t${1//./}={_target_:ppgan.baselines.Generator,checkpoint:$CKPT,temperature:$1}"
 }
 evaluate() {  # split name overrides...
-    local split=$1 name=$2 dir="$OUT/evaluate_$1"; shift 2
-    # the originals' attackers (their cache key holds no split) from the xlong evaluation
-    seed_attackers "$dir" "$XL/masks/evaluate_val/attackers" "$ROOT/masks/evaluate/attackers"
+    local split=$1 name=$2 dir="$OUT/evaluate_$2"; shift 2
+    # attackers already trained (their cache key holds no split): the originals' from the xlong
+    # evaluation, each temperature's from the validation runs
+    seed_attackers "$dir" "$XL/masks/evaluate_val/attackers" "$ROOT/masks/evaluate/attackers" \
+        "$OUT"/evaluate_val_masks*/attackers
     # shellcheck disable=SC2046,SC2086
     OMP_NUM_THREADS=$THREADS $PY -m ppgan task=evaluate task.split="$split" \
         dataset=synthetic_per_image $(data masks) $JUDGES \
@@ -46,9 +49,9 @@ evaluate() {  # split name overrides...
         | tee "$RESULTS/${name}_gates.md"
 }
 if [ "$SPLIT" = val ]; then
-    methods=()
-    for t in $TEMPS; do methods+=("$(method "$t")"); done
-    evaluate val val_masks '~task.methods.blur' '~task.methods.pixelate' '~task.methods.ksame' \
+    methods=() tag=""
+    for t in $TEMPS; do methods+=("$(method "$t")") tag+="_t${t//./}"; done
+    evaluate val "val_masks$tag" '~task.methods.blur' '~task.methods.pixelate' '~task.methods.ksame' \
         '~task.methods.prototype' "${methods[@]}"
 elif [ "$SPLIT" = test ]; then
     t=${TEMP:?SPLIT=test needs TEMP, the temperature chosen on validation}
@@ -56,7 +59,7 @@ elif [ "$SPLIT" = test ]; then
     [ -f "$ex/anonymized.h5" ] || OMP_NUM_THREADS=$THREADS $PY -m ppgan task=export \
         dataset=synthetic_per_image $(data masks) task.checkpoint="$CKPT" task.temperature="$t" \
         hydra.run.dir="$ex"
-    evaluate test test_masks "$(method "$t")" \
+    evaluate test "test_masks_t${t//./}" "$(method "$t")" \
         "+task.release_files.pp_rid_xlong_t${t//./}=$ex/anonymized.h5"
     OMP_NUM_THREADS=$THREADS $PY -m ppgan task=explain dataset=synthetic_per_image $(data masks) \
         task.disease_ckpt="$M/disease/checkpoints/best.pt" \
