@@ -35,10 +35,12 @@ method() {  # t: the evaluate override of the checkpoint released at temperature
 }
 evaluate() {  # split name overrides...
     local split=$1 name=$2 dir="$OUT/evaluate_$2"; shift 2
-    # attackers already trained (their cache key holds no split): the originals' from the xlong
-    # evaluation, each temperature's from the validation runs
+    # attackers already trained (their cache key holds no split; a stale one is retrained): the
+    # originals' from the xlong evaluation, each temperature's from the validation runs, the
+    # baselines' from the long_latent test evaluation (per_image_long.sh, the same data and judges)
     seed_attackers "$dir" "$XL/masks/evaluate_val/attackers" "$ROOT/masks/evaluate/attackers" \
-        "$OUT"/evaluate_val_masks*/attackers
+        "$OUT"/evaluate_val_masks*/attackers \
+        "$(dirname "$ROOT")/per_image_long_latent/masks/evaluate_test/attackers"
     # shellcheck disable=SC2046,SC2086
     OMP_NUM_THREADS=$THREADS $PY -m ppgan task=evaluate task.split="$split" \
         dataset=synthetic_per_image $(data masks) $JUDGES \
