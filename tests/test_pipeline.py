@@ -151,6 +151,25 @@ def test_the_long_schedule_reaches_only_pp_rids_stage():
     assert mir.task.select == "best" and not mir.trainer.amp
 
 
+def test_the_release_temperature_reaches_export_and_evaluation_alike():
+    """`task.temperature` of the pipeline: what each generator ships is what the report scores."""
+    from hydra.utils import instantiate
+
+    from ppgan.pipeline import PLACEHOLDER, stage_config
+    from tests.conftest import make_cfg
+
+    def stage(cfg, name):
+        overrides = [PLACEHOLDER.sub(r"/runs/\1", o) for o in cfg.task.stages[name]]
+        return stage_config(cfg, name, overrides, ["debug=tiny"])
+
+    for t in (0.0, 0.25):
+        cfg = make_cfg("task=pipeline", f"task.temperature={t}")
+        for m in ("pp_mir", "pp_rid"):
+            assert stage(cfg, f"export_{m}").task.temperature == t
+            method = stage(cfg, "evaluate").task.methods[m]
+            assert instantiate(method).temperature == t
+
+
 def test_pipeline_on_the_per_image_gray_three_class_shape_without_masks(run):
     """The second data shape (1 channel, 3 classes, disease per image) without masks, tiny:
     every stage of the default pipeline runs; report and panels are written, metrics finite."""
