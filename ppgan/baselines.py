@@ -118,9 +118,13 @@ class Generator(Anonymizer):
     `task.temperature`)."""
 
     def __init__(self, checkpoint: str, quantize: bool = True, temperature: float = 0.0):
-        if temperature < 0:
-            raise PpganError(f"task.methods.*.temperature={temperature}: must be >= 0")
+        check_temperature(temperature, "task.methods.*.temperature")
         self.checkpoint, self.quantize, self.temperature = checkpoint, quantize, temperature
+
+    @property
+    def stochastic(self) -> bool:
+        # PP-RID draws a new identity code per image; a temperature redraws part of the content
+        return bool(self.enc.identity_dim) or self.temperature > 0
 
     def fit(self, data: ImageData) -> Generator:
         (self.enc, self.dec), ckpt = load_frozen_parts(
@@ -131,14 +135,18 @@ class Generator(Anonymizer):
             "task.methods.*.checkpoint",
         )
         self.variant = ckpt.get("variant")  # what it was trained against: mir / sir
-        # PP-RID draws a new identity code per image; a temperature redraws part of the content
-        self.stochastic = bool(self.enc.identity_dim) or self.temperature > 0
         return self
 
     @torch.no_grad()
     def __call__(self, batch):
         x = self.dec(self.enc.release(batch["images"], batch["masks"], self.temperature))
         return quantize(x) if self.quantize else x
+
+
+def check_temperature(t, key: str) -> None:
+    """A release temperature (`Encoder.release`) is a number >= 0; `key` names it in the error."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
+        raise PpganError(f"{key}={t}: must be a number >= 0 (0: the posterior mean)")
 
 
 def quantize(x: Tensor) -> Tensor:

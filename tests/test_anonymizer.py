@@ -307,25 +307,43 @@ def test_rid_encoder_redraws_only_the_identity_code():
 
 
 def test_release_temperature_scales_the_posterior_noise_of_the_content(run):
+    from ppgan.baselines import Generator
     from ppgan.models.vae import Encoder
 
     torch.manual_seed(0)
     x, m = torch.rand(4, 3, 32, 32) * 2 - 1, torch.ones(4, 1, 32, 32)
     for identity_dim in (0, 6):
         enc = Encoder([3, 32, 32], z_dim=16, units=16, kernel=4, identity_dim=identity_dim).eval()
+        with torch.no_grad():  # sigma = exp(-1) != 1: a wrong sigma (exp(logvar), none) shows
+            enc.logvar.bias.fill_(-2.0)
         k = 16 - identity_dim
         mu, logvar = enc.posterior(x, m)
         assert torch.equal(enc.release(x, m)[:, :k], mu[:, :k])  # 0: the content's mean
         for t in (0.5, 2.0):
+            draws = [enc.release(x, m, t) for _ in range(50)]
             eps = torch.cat(
-                [(enc.release(x, m, t)[:, :k] - mu[:, :k]) / torch.exp(0.5 * logvar[:, :k]) / t
-                 for _ in range(50)]
+                [(z[:, :k] - mu[:, :k]) / torch.exp(0.5 * logvar[:, :k]) / t for z in draws]
             )
             assert 0.9 < eps.std().item() < 1.1 and abs(eps.mean().item()) < 0.1
+            if identity_dim:  # the code is still a fresh N(0, I) draw, never the image's own
+                codes = torch.cat([z[:, k:] for z in draws])
+                assert 0.9 < codes.std().item() < 1.1 and not torch.allclose(codes[:4], mu[:, k:])
         with pytest.raises(ValueError, match="temperature=-1"):
             enc.release(x, m, -1)
-    with pytest.raises(PpganError, match=r"task.temperature=-0.5: must be >= 0"):
+        # task=evaluate's method: the same release, stochastic once a temperature is set
+        gen = Generator("unused.pt", quantize=False, temperature=0.5)
+        gen.enc, gen.dec = enc, nn.Identity()
+        batch = {"images": x, "masks": m}
+        assert gen.stochastic and not torch.equal(gen(batch), gen(batch))
+        gen.temperature = 0.0
+        assert gen.stochastic == bool(identity_dim)
+        assert torch.equal(gen(batch)[:, :k], mu[:, :k])
+    with pytest.raises(PpganError, match=r"task.temperature=-0.5: must be a number >= 0"):
         run("task=export", "task.checkpoint=none.pt", "task.temperature=-0.5", name="neg")
+    with pytest.raises(PpganError, match=r"task.temperature=None: must be a number >= 0"):
+        run("task=export", "task.checkpoint=none.pt", "task.temperature=null", name="null")
+    with pytest.raises(PpganError, match=r"task.methods.\*.temperature=-1: must be a number"):
+        Generator("unused.pt", temperature=-1)
 
 
 def test_rid_trains_its_adversary_and_releases_random_people(run, judges):

@@ -102,9 +102,10 @@ class Encoder(nn.Module):
 
     def release(self, image: Tensor, mask: Tensor, temperature: float = 0.0) -> Tensor:
         """The latent that is decoded for release: the posterior mean of the content, plus, with
-        `temperature > 0`, the posterior's own noise scaled by it (1: a draw from q(z | x); the
-        content's sigma is about as large as its spread across images on the 128 px data, so a
-        fraction of it already redraws part of what the mean carries of the person). The identity
+        `temperature > 0`, the posterior's own noise scaled by it (1: a draw from q(z | x); on the
+        128 px data the content's sigma is about as large as the means' spread across images,
+        experiments/posterior_spread.py, so a fraction of it already redraws part of what the
+        mean carries of the person). The identity
         code (PP-RID) is a fresh N(0, I) draw either way.
         """
         if temperature < 0:

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from ppgan.baselines import check_temperature
 from ppgan.data import SPLITS, load_dataset
 from ppgan.data.release import export_release
 from ppgan.engine import RunContext, load_frozen_parts
@@ -28,8 +29,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     ctx = RunContext(cfg, out_dir)
     task = cfg.task
-    if task.temperature < 0:
-        raise PpganError(f"task.temperature={task.temperature}: must be >= 0 (0: z = mu)")
+    check_temperature(task.temperature, "task.temperature")
     data = load_dataset(cfg.dataset, require_splits=()).to(ctx.device)
     (enc, dec), _ = load_frozen_parts(
         task.checkpoint, ("encoder", "decoder"), data.shape, ctx.device, "task.checkpoint"
