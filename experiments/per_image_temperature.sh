@@ -15,6 +15,11 @@
 # SPLIT=test TEMP=t: the test split, read once for the temperature chosen on validation: the
 #   release exported at t (attacked as shipped), every baseline, and the explanation panels.
 # Metrics, reports and gates go to RESULTS (default experiments/results/per_image/temperature).
+# Another checkpoint of the same data and judges: CKPT (its best.pt), NAME (the method's name
+# stem, default pp_rid_xlong) and OUT (its run dirs), e.g. the 100-epoch preset:
+#   CKPT=outputs/per_image_long100/masks/pp_rid_long/checkpoints/best.pt NAME=pp_rid_long \
+#   OUT=outputs/per_image_long100/masks/temperature TEMPS="0 0.25" \
+#   RESULTS=experiments/results/per_image/temperature_long100 bash experiments/per_image_temperature.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${1:-outputs/per_image}
@@ -26,12 +31,13 @@ TEMPS=${TEMPS:-0.5 1}
 THREADS=${THREADS:-2}
 # shellcheck source=experiments/per_image_lib.sh
 . experiments/per_image_lib.sh
-CKPT=$XL/masks/pp_rid_xlong/checkpoints/best.pt
-OUT=$XL/masks/temperature
+CKPT=${CKPT:-$XL/masks/pp_rid_xlong/checkpoints/best.pt}
+NAME=${NAME:-pp_rid_xlong}
+OUT=${OUT:-$XL/masks/temperature}
 [ -f "$CKPT" ] || { echo "per_image_temperature.sh: $CKPT: no checkpoint (run per_image_long.sh's xlong first)" >&2; exit 1; }
 mkdir -p "$OUT" "$RESULTS"
 method() {  # t: the evaluate override of the checkpoint released at temperature t
-    echo "+task.methods.pp_rid_xlong_t${1//./}={_target_:ppgan.baselines.Generator,checkpoint:$CKPT,temperature:$1}"
+    echo "+task.methods.${NAME}_t${1//./}={_target_:ppgan.baselines.Generator,checkpoint:$CKPT,temperature:$1}"
 }
 evaluate() {  # split name overrides...
     local split=$1 name=$2 dir="$OUT/evaluate_$2"; shift 2
@@ -62,7 +68,7 @@ elif [ "$SPLIT" = test ]; then
         dataset=synthetic_per_image $(data masks) task.checkpoint="$CKPT" task.temperature="$t" \
         hydra.run.dir="$ex"
     evaluate test "test_masks_t${t//./}" "$(method "$t")" \
-        "+task.release_files.pp_rid_xlong_t${t//./}=$ex/anonymized.h5"
+        "+task.release_files.${NAME}_t${t//./}=$ex/anonymized.h5"
     OMP_NUM_THREADS=$THREADS $PY -m ppgan task=explain dataset=synthetic_per_image $(data masks) \
         task.disease_ckpt="$M/disease/checkpoints/best.pt" \
         task.anonymized_file="$ex/anonymized.h5" hydra.run.dir="$OUT/explain_t${t//./}"
