@@ -39,14 +39,14 @@ def main() -> None:
                 *(enc.posterior(b["images"], b["masks"]) for b in data.batches(args.split, 64))
             )
         )
-    k = mu.shape[1] - enc.identity_dim
+    content, content_logvar = enc.split(mu)[0], enc.split(logvar)[0]
     out = {
         "checkpoint": args.checkpoint,
         "split": args.split,
         "n_images": len(mu),
-        "content_dims": k,
-        "mu_std_across_images": round(mu[:, :k].std(0).mean().item(), 4),
-        "posterior_sigma": round(torch.exp(0.5 * logvar[:, :k]).mean().item(), 4),
+        "content_dims": content.shape[1],
+        "mu_std_across_images": round(content.std(0).mean().item(), 4),
+        "posterior_sigma": round(torch.exp(0.5 * content_logvar).mean().item(), 4),
     }
     print(json.dumps(out))
     if args.json:

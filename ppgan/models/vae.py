@@ -105,17 +105,17 @@ class Encoder(nn.Module):
         `temperature > 0`, the posterior's own noise scaled by it (1: a draw from q(z | x); on the
         128 px data the content's sigma is about as large as the means' spread across images,
         experiments/posterior_spread.py, so a fraction of it already redraws part of what the
-        mean carries of the person). The identity
-        code (PP-RID) is a fresh N(0, I) draw either way.
+        mean carries of the person). The identity code (PP-RID) is a fresh N(0, I) draw either
+        way: `forward` draws it, and its noise is left as is.
         """
         if temperature < 0:
             raise ValueError(f"temperature={temperature}: must be >= 0")
-        mu, logvar = self(image, mask)
+        z, logvar = self(image, mask)
         if not temperature:
-            return mu
-        k = mu.shape[1] - self.identity_dim  # the code's logvar is 0 here: leave the draw as is
-        noise = temperature * torch.exp(0.5 * logvar[:, :k]) * torch.randn_like(mu[:, :k])
-        return torch.cat([mu[:, :k] + noise, mu[:, k:]], 1)
+            return z
+        content, code = self.split(z)
+        noise = temperature * torch.exp(0.5 * self.split(logvar)[0]) * torch.randn_like(content)
+        return torch.cat([content + noise, code], 1)
 
     def split(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """(content, identity code) parts of a latent [N, z_dim]."""

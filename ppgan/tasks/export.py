@@ -45,7 +45,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             "anonymized image to its patient; use it for evaluation only"
         )
 
-    def anonymize(b: dict) -> Tensor:  # z = mu unless task.temperature > 0 (seeded by cfg.seed)
+    # z = mu unless task.temperature > 0: then drawn in the release's (fresh, random) row order,
+    # so every export is a new draw, as PP-RID's identity code is
+    def anonymize(b: dict) -> Tensor:
         return dec(enc.release(b["images"], b["masks"], task.temperature))
 
     out_path = out_dir / task.filename
