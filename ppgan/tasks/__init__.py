@@ -17,6 +17,7 @@ from ppgan.tasks import (
     explain,
     export,
     prepare,
+    roi_masks,
     siamese,
     synthesize,
 )
@@ -34,6 +35,7 @@ RUNNERS: dict[str, Runner] = {
     "counterfactual": counterfactual.run,
     "evaluate": evaluate.run,
     "explain": explain.run,
+    "roi_masks": roi_masks.run,
 }
 
 
