@@ -20,6 +20,12 @@
 #   CKPT=outputs/per_image_long100/masks/pp_rid_long/checkpoints/best.pt NAME=pp_rid_long \
 #   OUT=outputs/per_image_long100/masks/temperature TEMPS="0 0.25" \
 #   RESULTS=experiments/results/per_image/temperature_long100 bash experiments/per_image_temperature.sh
+# SHAPE (default masks): the data the checkpoint was trained on, masks | roi_masks (the file
+# without masks, its ROI from task=roi_masks in the file ROI_MASKS); it names the outputs, e.g.
+#   SHAPE=roi_masks ROI_MASKS=outputs/per_image_roi/no_masks/roi_masks/masks.h5 \
+#   CKPT=outputs/per_image_roi/no_masks/pp_rid_long/checkpoints/best.pt NAME=pp_rid_long \
+#   OUT=outputs/per_image_roi/no_masks/temperature TEMPS="0 0.25" \
+#   RESULTS=experiments/results/per_image/roi_masks bash experiments/per_image_temperature.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${1:-outputs/per_image}
@@ -29,12 +35,15 @@ RESULTS=${RESULTS:-experiments/results/per_image/temperature}
 SPLIT=${SPLIT:-val}
 TEMPS=${TEMPS:-0.5 1}
 THREADS=${THREADS:-2}
+SHAPE=${SHAPE:-masks}
 # shellcheck source=experiments/per_image_lib.sh
 . experiments/per_image_lib.sh
 CKPT=${CKPT:-$XL/masks/pp_rid_xlong/checkpoints/best.pt}
 NAME=${NAME:-pp_rid_xlong}
 OUT=${OUT:-$XL/masks/temperature}
 [ -f "$CKPT" ] || { echo "per_image_temperature.sh: $CKPT: no checkpoint (run per_image_long.sh's xlong first)" >&2; exit 1; }
+data "$SHAPE" > /dev/null  # an unknown SHAPE, or roi_masks without ROI_MASKS, stops here
+[ "$SHAPE" != roi_masks ] || [ -f "$ROI_MASKS" ] || { echo "per_image_temperature.sh: ROI_MASKS=$ROI_MASKS: no such file (run task=roi_masks first)" >&2; exit 1; }
 mkdir -p "$OUT" "$RESULTS"
 method() {  # t: the evaluate override of the checkpoint released at temperature t
     echo "+task.methods.${NAME}_t${1//./}={_target_:ppgan.baselines.Generator,checkpoint:$CKPT,temperature:$1}"
@@ -45,11 +54,12 @@ evaluate() {  # split name overrides...
     # originals' from the xlong evaluation, each temperature's from the validation runs, the
     # baselines' from the long_latent test evaluation (per_image_long.sh, the same data and judges)
     seed_attackers "$dir" "$XL/masks/evaluate_val/attackers" "$ROOT/masks/evaluate/attackers" \
-        "$OUT"/evaluate_val_masks*/attackers \
-        "$(dirname "$ROOT")/per_image_long_latent/masks/evaluate_test/attackers"
+        "$OUT"/evaluate_val_"$SHAPE"*/attackers \
+        "$(dirname "$ROOT")/per_image_long_latent/masks/evaluate_test/attackers" \
+        "$(dirname "$ROOT")/per_image_long_latent/no_masks/evaluate_val/attackers"
     # shellcheck disable=SC2046,SC2086
     OMP_NUM_THREADS=$THREADS $PY -m ppgan task=evaluate task.split="$split" \
-        dataset=synthetic_per_image $(data masks) $JUDGES \
+        dataset=synthetic_per_image $(data "$SHAPE") $JUDGES \
         '~task.methods.pp_mir' '~task.methods.pp_sir' "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1
     cp "$dir/metrics.json" "$RESULTS/${name}_metrics.json"
     cp "$dir/report.md" "$RESULTS/${name}_report.md"
@@ -59,20 +69,20 @@ evaluate() {  # split name overrides...
 if [ "$SPLIT" = val ]; then
     methods=() tag=""
     for t in $TEMPS; do methods+=("$(method "$t")") tag+="_t${t//./}"; done
-    evaluate val "val_masks$tag" '~task.methods.blur' '~task.methods.pixelate' '~task.methods.ksame' \
+    evaluate val "val_$SHAPE$tag" '~task.methods.blur' '~task.methods.pixelate' '~task.methods.ksame' \
         '~task.methods.prototype' "${methods[@]}"
 elif [ "$SPLIT" = test ]; then
     t=${TEMP:?SPLIT=test needs TEMP, the temperature chosen on validation}
     ex="$OUT/export_t${t//./}"
     [ -f "$ex/anonymized.h5" ] || OMP_NUM_THREADS=$THREADS $PY -m ppgan task=export \
-        dataset=synthetic_per_image $(data masks) task.checkpoint="$CKPT" task.temperature="$t" \
+        dataset=synthetic_per_image $(data "$SHAPE") task.checkpoint="$CKPT" task.temperature="$t" \
         hydra.run.dir="$ex"
-    evaluate test "test_masks_t${t//./}" "$(method "$t")" \
+    evaluate test "test_${SHAPE}_t${t//./}" "$(method "$t")" \
         "+task.release_files.${NAME}_t${t//./}=$ex/anonymized.h5"
-    OMP_NUM_THREADS=$THREADS $PY -m ppgan task=explain dataset=synthetic_per_image $(data masks) \
+    OMP_NUM_THREADS=$THREADS $PY -m ppgan task=explain dataset=synthetic_per_image $(data "$SHAPE") \
         task.disease_ckpt="$M/disease/checkpoints/best.pt" \
         task.anonymized_file="$ex/anonymized.h5" hydra.run.dir="$OUT/explain_t${t//./}"
-    cp "$OUT/explain_t${t//./}/metrics.json" "$RESULTS/explain_masks_t${t//./}_metrics.json"
+    cp "$OUT/explain_t${t//./}/metrics.json" "$RESULTS/explain_${SHAPE}_t${t//./}_metrics.json"
 else
     echo "per_image_temperature.sh: SPLIT=$SPLIT: choose val or test" >&2
     exit 1
