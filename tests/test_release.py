@@ -3,6 +3,8 @@ check it; collapse/diversity and bootstrap known answers."""
 
 from __future__ import annotations
 
+import copy
+
 import h5py
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 from ppgan.baselines import Original, Prototype
 from ppgan.data import load_dataset
 from ppgan.data.hdf5 import atomic_h5, load_images
-from ppgan.data.release import export_release, to_source_format
+from ppgan.data.release import class_canonical_masks, export_release, to_source_format
 from ppgan.metrics import release as side
 from ppgan.metrics.bootstrap import auc_counts, clustered_auc_ci, mean_ci
 from ppgan.metrics.diversity import diversity_ratio, near_duplicate_fraction
@@ -115,6 +117,20 @@ def test_class_canonical_masks_do_not_join(tiny, tmp_path):
     for c in np.unique(cols["dis"]):  # one mask per class
         assert (masks[cols["dis"] == c] == masks[cols["dis"] == c][0]).all()
     assert m["mask"] <= m["chance"] + 0.2  # far from the leaky export's 1.0
+
+
+def test_class_canonical_mask_of_a_small_class_is_not_its_people(tiny):
+    """A class whose training masks come from too few people gets the vote over all classes."""
+    train = tiny.indices("train")
+    small = copy.copy(tiny)
+    small.dis = tiny.dis.clone()
+    small.dis[train[:4]] = tiny.n_classes  # a new class: 4 training images
+    small.n_classes = tiny.n_classes + 1
+    masks = class_canonical_masks(small)
+    overall = tiny.batch(train)["masks"][:, 0].mean(0) >= 0.5
+    assert torch.equal(masks[-1], overall.to(torch.uint8))
+    own = tiny.batch(train[:4])["masks"][:, 0].mean(0) >= 0.5
+    assert not torch.equal(own, overall)  # else this test could not fail
 
 
 def test_pixel_join_and_chance_known_answers():

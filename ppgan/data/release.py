@@ -50,18 +50,28 @@ def case_ids(n: int) -> np.ndarray:
     return np.array(ids, dtype="S16")
 
 
+# A class's own vote needs this many training masks and, where identities are known, this many
+# people: the vote of one or two people's masks would be their masks.
+CANONICAL_MIN_MASKS = 10
+CANONICAL_MIN_PEOPLE = 3
+
+
 def class_canonical_masks(data: ImageData) -> Tensor:
     """One mask per disease class [K, H, W]: the pixel-wise majority vote of the class's training
     masks. A mask per class carries the class (which the release shows anyway) and nothing about
-    the person; classes without training images get the vote over all training masks."""
+    the person; classes with fewer than CANONICAL_MIN_MASKS training masks or fewer than
+    CANONICAL_MIN_PEOPLE people among them get the vote over all training masks."""
     train = data.indices("train")
     masks = data.batch(train)["masks"][:, 0]  # [N, H, W] in {0, 1}
     dis = data.dis[train]
+    ids = None if data.ids is None else data.ids[train]
     overall = masks.mean(0) >= 0.5
     out = []
     for c in range(data.n_classes):
-        sel = masks[dis == c]
-        out.append(sel.mean(0) >= 0.5 if len(sel) else overall)
+        sel = dis == c
+        people = CANONICAL_MIN_PEOPLE if ids is None else len(ids[sel].unique())
+        enough = int(sel.sum()) >= CANONICAL_MIN_MASKS and people >= CANONICAL_MIN_PEOPLE
+        out.append(masks[sel].mean(0) >= 0.5 if enough else overall)
     return torch.stack(out).to(torch.uint8)
 
 

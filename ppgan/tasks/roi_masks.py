@@ -8,8 +8,10 @@ release -- the skin, lids and background that also show who the person is -- as 
 disease sign. This task finds, for every image, the pixels the frozen disease network's decision
 on it depends on most, and writes them as a binary mask file for `dataset.mask_path`:
 
-1. saliency: |d log p(y | x) / dx| for the image's own class y, summed over channels (the
-   gradient of the decision, one backward pass per batch);
+1. saliency: |d log p(y | x) / dx|, summed over channels, for the class y the network itself
+   decides on the image (its most likely class): no label is read, so the masks of unlabelled
+   or withheld images are made the same way, and a mask cannot carry a label the image does not
+   show (one backward pass per batch);
 2. smoothing: a box filter `task.smooth` of the image side wide, so that the mask is a region
    around the evidence, not its scattered edge pixels;
 3. the `task.area` fraction of the pixels with the highest smoothed saliency is the ROI (exactly
@@ -24,13 +26,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import h5py
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from ppgan.data import load_dataset
 from ppgan.data.hdf5 import atomic_h5
@@ -48,15 +47,18 @@ def box_kernel(size: int, smooth: float) -> int:
 
 
 def saliency_masks(
-    net: nn.Module, images: Tensor, labels: Tensor, area: float, kernel: int
+    net: nn.Module, images: Tensor, area: float, kernel: int
 ) -> tuple[Tensor, Tensor]:
     """Binary ROI masks [N, 1, H, W] (float 0/1) and the smoothed saliency maps they come from.
 
     Each mask holds exactly round(area * H * W) pixels: those where the box-filtered magnitude of
-    the gradient of log p(labels | images) is largest (ties broken by position, as `topk` does).
+    the gradient of log p(y | image) is largest, y the network's most likely class (ties go to
+    the earlier pixel in row-major order: a stable sort, the same on every device).
     """
     x = images.detach().float().requires_grad_(True)
-    logp = F.log_softmax(net(x).float(), 1).gather(1, labels[:, None]).sum()
+    logits = net(x).float()
+    decided = logits.argmax(1, keepdim=True).detach()
+    logp = F.log_softmax(logits, 1).gather(1, decided).sum()
     (grad,) = torch.autograd.grad(logp, x)
     sal = grad.abs().sum(1, keepdim=True)
     if kernel > 1:
@@ -64,7 +66,7 @@ def saliency_masks(
         sal = F.avg_pool2d(sal, kernel, 1, kernel // 2, count_include_pad=False)
     n, _, h, w = sal.shape
     k = max(1, int(round(area * h * w)))
-    top = sal.flatten(1).topk(k, dim=1).indices
+    top = sal.flatten(1).argsort(dim=1, descending=True, stable=True)[:, :k]
     mask = torch.zeros(n, h * w, device=sal.device).scatter_(1, top, 1.0)
     return mask.view(n, 1, h, w), sal
 
@@ -83,10 +85,25 @@ def check_options(task: DictConfig) -> None:
             "task.disease_ckpt: required (the disease network whose saliency makes the masks); "
             "train one with `python -m ppgan task=disease`"
         )
-    if not isinstance(task.area, (int, float)) or not 0 < task.area < 1:
+    if not _number(task.area) or not 0 < task.area < 1:
         raise PpganError(f"task.area={task.area}: the ROI's share of each image, in (0, 1)")
-    if not isinstance(task.smooth, (int, float)) or not 0 <= task.smooth <= 0.5:
+    if not _number(task.smooth) or not 0 <= task.smooth <= 0.5:
         raise PpganError(f"task.smooth={task.smooth}: the box filter's share of the side, 0..0.5")
+    if (
+        not isinstance(task.batch_size, int)
+        or isinstance(task.batch_size, bool)
+        or task.batch_size < 1
+    ):
+        raise PpganError(f"task.batch_size={task.batch_size}: a positive integer")
+    name = str(task.filename)
+    if Path(name).name != name or not name.endswith(".h5") or name.startswith("."):
+        raise PpganError(
+            f"task.filename={name}: a plain file name ending in .h5 (written into the run dir)"
+        )
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
@@ -102,34 +119,45 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     )
     kernel = box_kernel(data.shape[1], float(task.smooth))
     n, (_, h, w) = len(data), data.shape
-    masks = np.zeros((n, h, w), dtype=np.uint8)
+    path = out_dir / task.filename
     scores: list[Tensor] = []
     preview = None
-    order = torch.arange(n, device=ctx.device)
-    for idx in tqdm(
-        list(data.index_batches(order, int(task.batch_size))), desc="roi masks", leave=False
-    ):
-        b = data.batch(idx)
-        mask, sal = saliency_masks(net, b["images"], b["dis"], float(task.area), kernel)
-        if data.has_masks:  # the file's own masks: how well the saliency finds them
-            scores.append(torch.stack(overlap(mask, b["masks"]), 1))
-        if preview is None:
-            m = min(8, len(idx))
-            peak = sal[:m].amax((1, 2, 3), keepdim=True).clamp(min=1e-12)
-            preview = [b["images"][:m], sal[:m] / peak * 2 - 1, mask[:m] * 2 - 1]
-        masks[idx.cpu().numpy()] = mask[:, 0].to(torch.uint8).cpu().numpy()
-    path = out_dir / task.filename
+    batch_size = int(task.batch_size)
     with atomic_h5(path) as f:
-        f.create_dataset("masks", data=masks, compression="gzip")
-    with h5py.File(path, "r") as f:  # what the later stages' loader checks
-        if f["masks"].shape != (n, h, w):
-            raise PpganError(f"{path}: masks: wrote shape {f['masks'].shape}, not {(n, h, w)}")
+        # Written batch by batch in the data file's row order: a lazily read data set never sits
+        # in memory whole, and a failure leaves no file (atomic_h5).
+        out = f.create_dataset(
+            "masks", (n, h, w), dtype="uint8", chunks=(min(n, batch_size), h, w), compression="gzip"
+        )
+        for start in ctx.progress(range(0, n, batch_size), desc="roi masks"):
+            stop = min(start + batch_size, n)
+            b = data.batch(torch.arange(start, stop))
+            mask, sal = saliency_masks(net, b["images"], float(task.area), kernel)
+            if data.has_masks:  # the file's own masks: how well the saliency finds them
+                scores.append(
+                    torch.stack([*overlap(mask, b["masks"]), b["masks"].mean((1, 2, 3))], 1)
+                )
+            if preview is None:
+                m = min(8, stop - start)
+                peak = sal[:m].amax((1, 2, 3), keepdim=True).clamp(min=1e-12)
+                preview = [b["images"][:m], sal[:m] / peak * 2 - 1, mask[:m] * 2 - 1]
+            out[start:stop] = mask[:, 0].to(torch.uint8).cpu().numpy()
     grid = rows_grid(preview, out_dir / "samples" / "roi_masks.png")
     ctx.writer.add_image("roi_masks/image_saliency_mask", grid, 0)
-    metrics = {"area": float(masks.mean()), "kernel_px": float(kernel), "n_images": float(n)}
+    metrics = {"area": round(float(task.area) * h * w) / (h * w), "kernel_px": float(kernel)}
+    metrics["n_images"] = float(n)
     if scores:
-        s = torch.cat(scores).mean(0).tolist()
-        metrics |= {"iou_with_file_masks": s[0], "precision_in_file_masks": s[1]}
-        log.info("against the file's own masks: IoU %.3f, share inside %.3f", s[0], s[1])
+        iou, inside, file_area = torch.cat(scores).mean(0).tolist()
+        metrics |= {
+            "iou_with_file_masks": iou,
+            "precision_in_file_masks": inside,
+            "file_masks_area": file_area,
+        }
+        log.info(
+            "against the file's own masks (area %.3f): mean IoU %.3f, share inside %.3f",
+            file_area,
+            iou,
+            inside,
+        )
     log.info("wrote %s: pass dataset.mask_path=%s to the later stages", path, path)
     return ctx.finish(metrics)
