@@ -101,6 +101,10 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, user: list[str]) -> dict[str, f
             dirs[name] = Path(task.judges_from) / name
             if not (dirs[name] / "metrics.json").exists():
                 raise PpganError(f"task.judges_from: {dirs[name]} has no finished '{name}' stage")
+    if task.get("roi_masks"):
+        skip.discard("roi_masks")
+    else:  # the stage and every `dataset.mask_path={roi_masks}/...` item are left out
+        skip.add("roi_masks")
     synthetic = cfg.dataset.get("generator") is not None and not cfg.dataset.get("path")
     if not synthetic:
         skip.add("synthesize")

@@ -186,8 +186,9 @@ def test_pipeline_on_the_per_image_gray_three_class_shape_without_masks(run):
         dis, ids = f["dis"][()], f["id"][()]
     assert len(np.unique(dis)) == 3 and all(len(np.unique(dis[ids == i])) == 3 for i in range(6))
     pipeline = make_cfg("task=pipeline").task
-    for stage in set(pipeline.stages) - set(pipeline.skip):
+    for stage in set(pipeline.stages) - set(pipeline.skip) - {"roi_masks"}:
         assert (out / stage / "metrics.json").exists(), stage
+    assert not (out / "roi_masks").exists()  # task.roi_masks=false: no stage, no mask_path
     report = (out / "evaluate" / "report.md").read_text()
     assert "no ROI masks" in report and "## Adaptive attackers" in report
     # Disease independent of identity: `chance | disease` is plain chance.
@@ -200,3 +201,29 @@ def test_pipeline_on_the_per_image_gray_three_class_shape_without_masks(run):
     flips = [v for k, v in metrics.items() if k.endswith("_cf/cf/indep_flip_rate")]
     assert flips and all(0 <= v <= 1 for v in flips)  # counterfactuals with 3 classes
     assert len(list((out / "explain" / "panels").glob("*.png"))) == 4
+
+
+def test_pipeline_roi_masks_reach_every_stage_that_reads_masks(run):
+    """task.roi_masks=true: the masks derived from the disease network are what PP-RID trains
+    with and what its export reads."""
+    from tests.conftest import make_cfg
+
+    keep = {"synthesize", "disease", "roi_masks", "identity", "siamese", "pp_rid", "export_pp_rid"}
+    stages = make_cfg("task=pipeline").task.stages
+    skip = ",".join(sorted(set(stages) - keep))
+    _, out = run(
+        "task=pipeline",
+        "dataset=synthetic_per_image",
+        "dataset.generator.masks=false",
+        "task.roi_masks=true",
+        f"task.skip=[{skip}]",
+        "task.metrics_from=export_pp_rid",
+        name="roi",
+    )
+    masks = out / "roi_masks" / "masks.h5"
+    with h5py.File(masks, "r") as f:
+        assert f["masks"].shape[1:] == (32, 32)
+    for stage in ("pp_rid", "export_pp_rid"):
+        saved = OmegaConf.load(out / stage / ".hydra" / "config.yaml")
+        assert saved.dataset.mask_path == str(masks), stage
+    assert OmegaConf.load(out / "identity" / ".hydra" / "config.yaml").dataset.mask_path is None
