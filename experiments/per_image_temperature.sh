@@ -36,6 +36,7 @@ SPLIT=${SPLIT:-val}
 TEMPS=${TEMPS:-0.5 1}
 THREADS=${THREADS:-2}
 SHAPE=${SHAPE:-masks}
+NETS=${NETS:-1}  # NETS=3: validation scored by three independent disease networks (*_nets3_*)
 # shellcheck source=experiments/per_image_lib.sh
 . experiments/per_image_lib.sh
 CKPT=${CKPT:-$XL/masks/pp_rid_xlong/checkpoints/best.pt}
@@ -50,11 +51,12 @@ method() {  # t: the evaluate override of the checkpoint released at temperature
 }
 evaluate() {  # split name overrides...
     local split=$1 name=$2 dir="$OUT/evaluate_$2"; shift 2
-    # attackers already trained (their cache key holds no split; a stale one is retrained): the
-    # originals' from the xlong evaluation, each temperature's from the validation runs, the
-    # baselines' from the long_latent test evaluation (per_image_long.sh, the same data and judges)
-    seed_attackers "$dir" "$XL/masks/evaluate_val/attackers" "$ROOT/masks/evaluate/attackers" \
-        "$OUT"/evaluate_val_"$SHAPE"*/attackers \
+    # attackers already trained (their cache key holds no split; a stale one is retrained; the
+    # first cache holding a file wins): this checkpoint's validation runs first, then the
+    # originals' from the xlong evaluation, the baselines' from the long_latent test evaluation
+    # (per_image_long.sh, the same data and judges)
+    seed_attackers "$dir" "$OUT"/evaluate_val_"$SHAPE"*/attackers \
+        "$XL/masks/evaluate_val/attackers" "$ROOT/masks/evaluate/attackers" \
         "$(dirname "$ROOT")/per_image_long_latent/masks/evaluate_test/attackers" \
         "$(dirname "$ROOT")/per_image_long_latent/no_masks/evaluate_val/attackers"
     # shellcheck disable=SC2046,SC2086
@@ -69,7 +71,8 @@ evaluate() {  # split name overrides...
 if [ "$SPLIT" = val ]; then
     methods=() tag=""
     for t in $TEMPS; do methods+=("$(method "$t")") tag+="_t${t//./}"; done
-    evaluate val "val_$SHAPE$tag" '~task.methods.blur' '~task.methods.pixelate' '~task.methods.ksame' \
+    [ "$NETS" = 1 ] || tag+="_nets$NETS"
+    evaluate val "val_$SHAPE$tag" "task.indep_networks=$NETS" '~task.methods.blur' '~task.methods.pixelate' '~task.methods.ksame' \
         '~task.methods.prototype' "${methods[@]}"
 elif [ "$SPLIT" = test ]; then
     t=${TEMP:?SPLIT=test needs TEMP, the temperature chosen on validation}
