@@ -44,6 +44,15 @@ def test_saliency_masks_are_the_pixels_of_the_decided_class():
     assert torch.equal(mask[2:], region(*B).expand(2, -1, -1, -1))
 
 
+def test_a_certain_network_falls_back_to_the_logit_gradient():
+    """p = 1 in float32: no gradient of the log-probability; the logit's still finds the patch."""
+    net = PatchReader(A)
+    images = torch.full((2, 1, 32, 32), -1.0)
+    images[:, :, A[0], A[1]] = 1e4  # logit 4e4: softmax is exactly one-hot
+    mask, sal = saliency_masks(net, images, 64 / 1024, kernel=1)
+    assert torch.equal(mask, region(*A).expand(2, -1, -1, -1)) and sal.amax() > 0
+
+
 def test_smoothing_grows_the_region_around_the_evidence_at_the_same_area():
     net = PatchReader(A)
     images = torch.rand(3, 1, 32, 32) * 2 - 1
@@ -87,6 +96,7 @@ def test_roi_masks_task_writes_masks_the_later_stages_read(run, judges, data_dir
     data = load_dataset(cfg.dataset, require_splits=())
     assert data.has_masks and torch.equal(data.masks[:, 0].to(torch.uint8), masks)
     assert (out / "samples" / "roi_masks.png").is_file()
+    assert metrics["n_logit_fallback"] == 0  # the tiny network is not certain of every image
     # Read lazily (batch by batch from the file), the same masks.
     _, lazy = run(
         "task=roi_masks",

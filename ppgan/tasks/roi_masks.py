@@ -18,7 +18,8 @@ on it depends on most, and writes them as a binary mask file for `dataset.mask_p
    that many per image).
 
 Not in the original code (it needs masks). The masks come from the original images, so they are as
-personal as the originals: `task=export` never ships them (nor any other mask of the originals).
+personal as the originals: `task=export` copies no per-image mask (`task.masks=class_canonical`
+ships one majority vote per class).
 """
 
 from __future__ import annotations
@@ -55,11 +56,24 @@ def saliency_masks(
     the gradient of log p(y | image) is largest, y the network's most likely class (ties go to
     the earlier pixel in row-major order: a stable sort, the same on every device).
     """
+    return _masks(net, images, area, kernel)[:2]
+
+
+def _masks(
+    net: nn.Module, images: Tensor, area: float, kernel: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`saliency_masks`, and per image whether the log-probability's gradient vanished."""
     x = images.detach().float().requires_grad_(True)
     logits = net(x).float()
     decided = logits.argmax(1, keepdim=True).detach()
     logp = F.log_softmax(logits, 1).gather(1, decided).sum()
-    (grad,) = torch.autograd.grad(logp, x)
+    (grad,) = torch.autograd.grad(logp, x, retain_graph=True)
+    # A network certain of an image (p = 1 in float32) has no gradient of its log-probability
+    # there: a mask of the first pixels would follow. Those images take the gradient of the
+    # decided class's logit instead, which does not saturate (no host sync: both are computed).
+    (grad_logit,) = torch.autograd.grad(logits.gather(1, decided).sum(), x)
+    flat = grad.flatten(1).abs().amax(1) == 0
+    grad = torch.where(flat[:, None, None, None], grad_logit, grad)
     sal = grad.abs().sum(1, keepdim=True)
     if kernel > 1:
         # count_include_pad=False: a border pixel is the mean of the pixels its box does cover.
@@ -68,7 +82,7 @@ def saliency_masks(
     k = max(1, int(round(area * h * w)))
     top = sal.flatten(1).argsort(dim=1, descending=True, stable=True)[:, :k]
     mask = torch.zeros(n, h * w, device=sal.device).scatter_(1, top, 1.0)
-    return mask.view(n, 1, h, w), sal
+    return mask.view(n, 1, h, w), sal, flat
 
 
 def overlap(mask: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,6 +137,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     scores: list[Tensor] = []
     preview = None
     batch_size = int(task.batch_size)
+    n_flat = torch.zeros((), device=ctx.device, dtype=torch.long)
     with atomic_h5(path) as f:
         # Written batch by batch in the data file's row order: a lazily read data set never sits
         # in memory whole, and a failure leaves no file (atomic_h5).
@@ -132,7 +147,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         for start in ctx.progress(range(0, n, batch_size), desc="roi masks"):
             stop = min(start + batch_size, n)
             b = data.batch(torch.arange(start, stop))
-            mask, sal = saliency_masks(net, b["images"], float(task.area), kernel)
+            mask, sal, flat = _masks(net, b["images"], float(task.area), kernel)
+            n_flat = n_flat + flat.sum()
             if data.has_masks:  # the file's own masks: how well the saliency finds them
                 scores.append(
                     torch.stack([*overlap(mask, b["masks"]), b["masks"].mean((1, 2, 3))], 1)
@@ -146,6 +162,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     ctx.writer.add_image("roi_masks/image_saliency_mask", grid, 0)
     metrics = {"area": round(float(task.area) * h * w) / (h * w), "kernel_px": float(kernel)}
     metrics["n_images"] = float(n)
+    # Images whose log-probability had no gradient (the logit's was used): many of them say the
+    # network is too sure of itself for its saliency to be trusted; look at the preview.
+    metrics["n_logit_fallback"] = float(n_flat)
+    if n_flat:
+        log.warning(
+            "%d of %d images: the disease network is certain (p = 1), no gradient of its "
+            "log-probability; their masks use the gradient of the logit",
+            int(n_flat),
+            n,
+        )
     if scores:
         iou, inside, file_area = torch.cat(scores).mean(0).tolist()
         metrics |= {
