@@ -248,3 +248,23 @@ def test_synthetic_per_image_config_composes():
     assert len(cfg.dataset.class_names) == 3
     with pytest.raises(PpganError, match="disease_per"):
         SyntheticIrisSpec(disease_per="visit")
+
+
+@pytest.mark.parametrize("task", ["synthesize", "prepare", "export", "roi_masks"])
+@pytest.mark.parametrize("name", ["../escape.h5", "/tmp/elsewhere.h5", ".hidden.h5", "out.txt"])
+def test_output_file_names_stay_in_the_run_dir(tmp_path, task, name):
+    """Every task that writes a data file refuses a name that could replace a file it does not
+    own (the input data, say), before reading anything."""
+    from ppgan.tasks import run_task
+
+    cfg = make_cfg(
+        f"task={task}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"task.filename={name}",
+        *(["task.root=/nonexistent"] if task == "prepare" else []),
+        *(["task.checkpoint=/nonexistent.pt"] if task == "export" else []),
+        *(["task.disease_ckpt=/nonexistent.pt"] if task == "roi_masks" else []),
+    )
+    with pytest.raises(PpganError, match=f"task.filename={name}: a plain file name"):
+        run_task(cfg, tmp_path / "run")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "escape.h5").exists()

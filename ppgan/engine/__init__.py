@@ -15,6 +15,7 @@ from ppgan.engine.context import (
     fit_batch_size,
     resolve_device,
     restore,
+    run_file,
     seed_everything,
     snapshot,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "fit_batch_size",
     "frozen_from",
     "restore",
+    "run_file",
     "snapshot",
     "build",
     "build_model",

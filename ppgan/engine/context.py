@@ -168,6 +168,18 @@ def config_changes(
     return shown + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
 
 
+def run_file(out_dir: Path, name: str, key: str = "task.filename") -> Path:
+    """The path of an output file named by the config (`key`): a plain `.h5` file name inside
+    the run dir. Anything else (`/data/x.h5`, `../x.h5`, a hidden name) could replace a file the
+    run does not own, such as the input data: a one-line `PpganError` before anything is read."""
+    name = str(name)
+    if Path(name).name != name or name.startswith(".") or not name.endswith(".h5"):
+        raise PpganError(
+            f"{key}={name}: a plain file name ending in .h5 (written into the run dir)"
+        )
+    return Path(out_dir) / name
+
+
 def write_text(path: Path, text: str) -> None:
     """Write a text file atomically (temp file + rename): a reader never sees half of it."""
     tmp = path.with_name(path.name + ".tmp")

@@ -19,7 +19,7 @@ from torch import Tensor
 from ppgan.baselines import check_temperature
 from ppgan.data import SPLITS, load_dataset
 from ppgan.data.release import export_release
-from ppgan.engine import RunContext, load_frozen_parts
+from ppgan.engine import RunContext, load_frozen_parts, run_file
 from ppgan.engine.images import rows_grid
 from ppgan.errors import PpganError
 
@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
-    ctx = RunContext(cfg, out_dir)
     task = cfg.task
     check_temperature(task.temperature, "task.temperature")
+    out_path = run_file(out_dir, task.filename)
+    ctx = RunContext(cfg, out_dir)
     data = load_dataset(cfg.dataset, require_splits=()).to(ctx.device)
     (enc, dec), _ = load_frozen_parts(
         task.checkpoint, ("encoder", "decoder"), data.shape, ctx.device, "task.checkpoint"
@@ -50,7 +51,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     def anonymize(b: dict) -> Tensor:
         return dec(enc.release(b["images"], b["masks"], task.temperature))
 
-    out_path = out_dir / task.filename
     real, fake = export_release(
         out_path,
         data,

@@ -34,7 +34,7 @@ from ppgan.data.sources import (
     scan_folders,
     write_subject_map,
 )
-from ppgan.engine import RunContext
+from ppgan.engine import RunContext, run_file
 from ppgan.errors import PpganError
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ def splits_of(recs: list[Record], task: DictConfig, seed: int) -> list[str]:
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     task = cfg.task
     check_options(task)
+    path = run_file(out_dir, task.filename)
     issues = Issues(task.on_error)
     ctx = RunContext(cfg, out_dir)
     col, loader = collect(task, issues)
@@ -195,7 +196,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 f"images of {len(subjects)} subjects (task.split={task.split})"
             )
 
-    path = out_dir / task.filename
     with atomic_h5(path) as f:
         f.create_dataset("images", data=np.stack(images))
         f.create_dataset("id", data=ids)

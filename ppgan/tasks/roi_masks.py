@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ppgan.data import load_dataset
 from ppgan.data.hdf5 import atomic_h5
-from ppgan.engine import RunContext
+from ppgan.engine import RunContext, run_file
 from ppgan.engine.checkpoint import load_frozen
 from ppgan.engine.images import rows_grid
 from ppgan.errors import PpganError
@@ -109,11 +109,6 @@ def check_options(task: DictConfig) -> None:
         or task.batch_size < 1
     ):
         raise PpganError(f"task.batch_size={task.batch_size}: a positive integer")
-    name = str(task.filename)
-    if Path(name).name != name or not name.endswith(".h5") or name.startswith("."):
-        raise PpganError(
-            f"task.filename={name}: a plain file name ending in .h5 (written into the run dir)"
-        )
 
 
 def _number(value: object) -> bool:
@@ -123,6 +118,7 @@ def _number(value: object) -> bool:
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     task = cfg.task
     check_options(task)
+    path = run_file(out_dir, task.filename)
     ctx = RunContext(cfg, out_dir)
     data = load_dataset(cfg.dataset, require_splits=()).to(ctx.device)
     net, _ = load_frozen(
@@ -133,7 +129,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     )
     kernel = box_kernel(data.shape[1], float(task.smooth))
     n, (_, h, w) = len(data), data.shape
-    path = out_dir / task.filename
     scores: list[Tensor] = []
     preview = None
     batch_size = int(task.batch_size)

@@ -12,16 +12,17 @@ from torchvision.utils import save_image
 
 from ppgan.data import load_images, synthetic_spec
 from ppgan.data.synthetic import synthesize
-from ppgan.engine import RunContext
+from ppgan.engine import RunContext, run_file
 from ppgan.engine.images import to_unit
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
+    out_path = run_file(out_dir, cfg.task.filename)
     ctx = RunContext(cfg, out_dir)
     spec = synthetic_spec(cfg.dataset)
-    path = synthesize(spec, out_dir / cfg.task.filename)
+    path = synthesize(spec, out_path)
     data = load_images(path, require_splits=("train", "val", "test"))  # validate what we wrote
     # One image per identity for the first `grid_rows` x 10 identities, sorted by disease class.
     ids = data.ids.numpy()
