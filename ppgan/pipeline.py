@@ -103,12 +103,15 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, user: list[str]) -> dict[str, f
                 raise PpganError(f"task.judges_from: {dirs[name]} has no finished '{name}' stage")
     if task.get("roi_masks"):
         skip.discard("roi_masks")
-    else:  # the stage and every `dataset.mask_path={roi_masks}/...` item are left out
+    else:
         skip.add("roi_masks")
+    roi_masks = None  # once its stage is passed: the derived masks every later stage reads
     synthetic = cfg.dataset.get("generator") is not None and not cfg.dataset.get("path")
     if not synthetic:
         skip.add("synthesize")
     for name, overrides in task.stages.items():
+        if name == "roi_masks" and name not in skip:
+            roi_masks = dirs[name] / "masks.h5"
         if name in skip:
             continue
         stage_dir = dirs[name]
@@ -121,6 +124,8 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, user: list[str]) -> dict[str, f
         sub = stage_config(cfg, name, resolved, user)
         if synthetic and name != "synthesize":
             sub.dataset.path = str(dirs["synthesize"] / "synthetic_iris.h5")
+        if roi_masks is not None and name != "roi_masks":
+            sub.dataset.mask_path = str(roi_masks)
         saved = stage_dir / ".hydra" / "config.yaml"
         if (stage_dir / "metrics.json").exists():
             last = stage_dir / "checkpoints" / "last.pt"
