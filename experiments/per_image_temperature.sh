@@ -37,6 +37,9 @@ TEMPS=${TEMPS:-0.5 1}
 THREADS=${THREADS:-2}
 SHAPE=${SHAPE:-masks}
 NETS=${NETS:-1}  # NETS=3: validation scored by three independent disease networks (*_nets3_*)
+# TAG=xlong: results named val_<shape>_xlong_t..., so that another checkpoint's run into the same
+# RESULTS keeps its own files; an existing result is never replaced unless OVERWRITE=1
+TAG=${TAG:+_$TAG}
 # shellcheck source=experiments/per_image_lib.sh
 . experiments/per_image_lib.sh
 CKPT=${CKPT:-$XL/masks/pp_rid_xlong/checkpoints/best.pt}
@@ -46,6 +49,12 @@ OUT=${OUT:-$XL/masks/temperature}
 data "$SHAPE" > /dev/null  # an unknown SHAPE, or roi_masks without ROI_MASKS, stops here
 [ "$SHAPE" != roi_masks ] || [ -f "$ROI_MASKS" ] || { echo "per_image_temperature.sh: ROI_MASKS=$ROI_MASKS: no such file (run task=roi_masks first)" >&2; exit 1; }
 mkdir -p "$OUT" "$RESULTS"
+unclaimed() {  # result-name: stop before any work if RESULTS already holds it
+    [ "${OVERWRITE:-0}" = 1 ] || [ ! -e "$RESULTS/${1}_metrics.json" ] || {
+        echo "per_image_temperature.sh: $RESULTS/${1}_metrics.json exists: set TAG to keep both, or OVERWRITE=1 to replace it" >&2
+        exit 1
+    }
+}
 method() {  # t: the evaluate override of the checkpoint released at temperature t
     echo "+task.methods.${NAME}_t${1//./}={_target_:ppgan.baselines.Generator,checkpoint:$CKPT,temperature:$1}"
 }
@@ -72,20 +81,22 @@ if [ "$SPLIT" = val ]; then
     methods=() tag=""
     for t in $TEMPS; do methods+=("$(method "$t")") tag+="_t${t//./}"; done
     [ "$NETS" = 1 ] || tag+="_nets$NETS"
-    evaluate val "val_$SHAPE$tag" "task.indep_networks=$NETS" '~task.methods.blur' '~task.methods.pixelate' '~task.methods.ksame' \
+    unclaimed "val_$SHAPE$TAG$tag"
+    evaluate val "val_$SHAPE$TAG$tag" "task.indep_networks=$NETS" '~task.methods.blur' '~task.methods.pixelate' '~task.methods.ksame' \
         '~task.methods.prototype' "${methods[@]}"
 elif [ "$SPLIT" = test ]; then
     t=${TEMP:?SPLIT=test needs TEMP, the temperature chosen on validation}
     ex="$OUT/export_t${t//./}"
+    unclaimed "test_$SHAPE${TAG}_t${t//./}"
     [ -f "$ex/anonymized.h5" ] || OMP_NUM_THREADS=$THREADS $PY -m ppgan task=export \
         dataset=synthetic_per_image $(data "$SHAPE") task.checkpoint="$CKPT" task.temperature="$t" \
         hydra.run.dir="$ex"
-    evaluate test "test_${SHAPE}_t${t//./}" "$(method "$t")" \
+    evaluate test "test_$SHAPE${TAG}_t${t//./}" "$(method "$t")" \
         "+task.release_files.${NAME}_t${t//./}=$ex/anonymized.h5"
     OMP_NUM_THREADS=$THREADS $PY -m ppgan task=explain dataset=synthetic_per_image $(data "$SHAPE") \
         task.disease_ckpt="$M/disease/checkpoints/best.pt" \
         task.anonymized_file="$ex/anonymized.h5" hydra.run.dir="$OUT/explain_t${t//./}"
-    cp "$OUT/explain_t${t//./}/metrics.json" "$RESULTS/explain_${SHAPE}_t${t//./}_metrics.json"
+    cp "$OUT/explain_t${t//./}/metrics.json" "$RESULTS/explain_$SHAPE${TAG}_t${t//./}_metrics.json"
 else
     echo "per_image_temperature.sh: SPLIT=$SPLIT: choose val or test" >&2
     exit 1
