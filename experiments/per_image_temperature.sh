@@ -26,6 +26,14 @@
 #   CKPT=outputs/per_image_roi/no_masks/pp_rid_long/checkpoints/best.pt NAME=pp_rid_long \
 #   OUT=outputs/per_image_roi/no_masks/temperature TEMPS="0 0.25" \
 #   RESULTS=experiments/results/per_image/roi_masks bash experiments/per_image_temperature.sh
+# RESULTS_TAG=xlong: a second checkpoint into the same RESULTS and OUT keeps its own names
+#   (val_<SHAPE>_xlong_t..., test_<SHAPE>_xlong_t..., OUT/export_xlong_t...). A result that
+#   RESULTS already holds (the committed ones included) is never replaced: the script stops
+#   before any work unless OVERWRITE=1, which also re-exports the release for SPLIT=test.
+# ATTACKERS_FROM="dir...": attacker caches searched before the usual ones (cache keys are checked:
+#   a stale one is retrained), e.g. another checkpoint's validation run dir's attackers/, so that
+#   its unseen identity network, independent disease network(s) and originals' attackers are
+#   reused, bit for bit, and two checkpoints are judged by the same networks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${1:-outputs/per_image}
@@ -37,9 +45,14 @@ TEMPS=${TEMPS:-0.5 1}
 THREADS=${THREADS:-2}
 SHAPE=${SHAPE:-masks}
 NETS=${NETS:-1}  # NETS=3: validation scored by three independent disease networks (*_nets3_*)
-# TAG=xlong: results named val_<shape>_xlong_t..., so that another checkpoint's run into the same
-# RESULTS keeps its own files; an existing result is never replaced unless OVERWRITE=1
-TAG=${TAG:+_$TAG}
+RESULTS_TAG=${RESULTS_TAG:-}
+[[ "$RESULTS_TAG" =~ ^[A-Za-z0-9.-]*$ ]] || { echo "per_image_temperature.sh: RESULTS_TAG=$RESULTS_TAG: letters, digits, . and - only" >&2; exit 1; }
+TAG=${RESULTS_TAG:+_$RESULTS_TAG}
+# shellcheck disable=SC2206
+CACHES=(${ATTACKERS_FROM:-})
+for c in "${CACHES[@]}"; do
+    [ -d "$c" ] || { echo "per_image_temperature.sh: ATTACKERS_FROM: $c: no such directory" >&2; exit 1; }
+done
 # shellcheck source=experiments/per_image_lib.sh
 . experiments/per_image_lib.sh
 CKPT=${CKPT:-$XL/masks/pp_rid_xlong/checkpoints/best.pt}
@@ -51,7 +64,7 @@ data "$SHAPE" > /dev/null  # an unknown SHAPE, or roi_masks without ROI_MASKS, s
 mkdir -p "$OUT" "$RESULTS"
 unclaimed() {  # result-name: stop before any work if RESULTS already holds it
     [ "${OVERWRITE:-0}" = 1 ] || [ ! -e "$RESULTS/${1}_metrics.json" ] || {
-        echo "per_image_temperature.sh: $RESULTS/${1}_metrics.json exists: set TAG to keep both, or OVERWRITE=1 to replace it" >&2
+        echo "per_image_temperature.sh: $RESULTS/${1}_metrics.json exists: set RESULTS_TAG to keep both, or OVERWRITE=1 to replace it" >&2
         exit 1
     }
 }
@@ -64,7 +77,7 @@ evaluate() {  # split name overrides...
     # first cache holding a file wins): this checkpoint's validation runs first, then the
     # originals' from the xlong evaluation, the baselines' from the long_latent test evaluation
     # (per_image_long.sh, the same data and judges)
-    seed_attackers "$dir" "$OUT"/evaluate_val_"$SHAPE"*/attackers \
+    seed_attackers "$dir" "${CACHES[@]}" "$OUT"/evaluate_val_"$SHAPE"*/attackers \
         "$XL/masks/evaluate_val/attackers" "$ROOT/masks/evaluate/attackers" \
         "$(dirname "$ROOT")/per_image_long_latent/masks/evaluate_test/attackers" \
         "$(dirname "$ROOT")/per_image_long_latent/no_masks/evaluate_val/attackers"
@@ -86,8 +99,9 @@ if [ "$SPLIT" = val ]; then
         '~task.methods.prototype' "${methods[@]}"
 elif [ "$SPLIT" = test ]; then
     t=${TEMP:?SPLIT=test needs TEMP, the temperature chosen on validation}
-    ex="$OUT/export_t${t//./}"
+    ex="$OUT/export${TAG}_t${t//./}"
     unclaimed "test_$SHAPE${TAG}_t${t//./}"
+    [ "${OVERWRITE:-0}" != 1 ] || rm -rf "$ex"
     [ -f "$ex/anonymized.h5" ] || OMP_NUM_THREADS=$THREADS $PY -m ppgan task=export \
         dataset=synthetic_per_image $(data "$SHAPE") task.checkpoint="$CKPT" task.temperature="$t" \
         hydra.run.dir="$ex"
@@ -95,8 +109,8 @@ elif [ "$SPLIT" = test ]; then
         "+task.release_files.${NAME}_t${t//./}=$ex/anonymized.h5"
     OMP_NUM_THREADS=$THREADS $PY -m ppgan task=explain dataset=synthetic_per_image $(data "$SHAPE") \
         task.disease_ckpt="$M/disease/checkpoints/best.pt" \
-        task.anonymized_file="$ex/anonymized.h5" hydra.run.dir="$OUT/explain_t${t//./}"
-    cp "$OUT/explain_t${t//./}/metrics.json" "$RESULTS/explain_$SHAPE${TAG}_t${t//./}_metrics.json"
+        task.anonymized_file="$ex/anonymized.h5" hydra.run.dir="$OUT/explain${TAG}_t${t//./}"
+    cp "$OUT/explain${TAG}_t${t//./}/metrics.json" "$RESULTS/explain_$SHAPE${TAG}_t${t//./}_metrics.json"
 else
     echo "per_image_temperature.sh: SPLIT=$SPLIT: choose val or test" >&2
     exit 1
