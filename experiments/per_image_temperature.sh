@@ -29,7 +29,8 @@
 # RESULTS_TAG=xlong: a second checkpoint into the same RESULTS and OUT keeps its own names
 #   (val_<SHAPE>_xlong_t..., test_<SHAPE>_xlong_t..., OUT/export_xlong_t...). A result that
 #   RESULTS already holds (the committed ones included) is never replaced: the script stops
-#   before any work unless OVERWRITE=1, which also re-exports the release for SPLIT=test.
+#   before any work unless OVERWRITE=1. SPLIT=test attacks the export in OUT/export<tag>_t<t> if
+#   there is one: delete it to export afresh (its row order is a new draw, so the numbers change).
 # ATTACKERS_FROM="dir...": attacker caches searched before the usual ones (cache keys are checked:
 #   a stale one is retrained), e.g. another checkpoint's validation run dir's attackers/, so that
 #   its unseen identity network, independent disease network(s) and originals' attackers are
@@ -50,7 +51,7 @@ RESULTS_TAG=${RESULTS_TAG:-}
 TAG=${RESULTS_TAG:+_$RESULTS_TAG}
 # shellcheck disable=SC2206
 CACHES=(${ATTACKERS_FROM:-})
-for c in "${CACHES[@]}"; do
+for c in ${CACHES[@]+"${CACHES[@]}"}; do
     [ -d "$c" ] || { echo "per_image_temperature.sh: ATTACKERS_FROM: $c: no such directory" >&2; exit 1; }
 done
 # shellcheck source=experiments/per_image_lib.sh
@@ -77,7 +78,7 @@ evaluate() {  # split name overrides...
     # first cache holding a file wins): this checkpoint's validation runs first, then the
     # originals' from the xlong evaluation, the baselines' from the long_latent test evaluation
     # (per_image_long.sh, the same data and judges)
-    seed_attackers "$dir" "${CACHES[@]}" "$OUT"/evaluate_val_"$SHAPE"*/attackers \
+    seed_attackers "$dir" ${CACHES[@]+"${CACHES[@]}"} "$OUT"/evaluate_val_"$SHAPE"*/attackers \
         "$XL/masks/evaluate_val/attackers" "$ROOT/masks/evaluate/attackers" \
         "$(dirname "$ROOT")/per_image_long_latent/masks/evaluate_test/attackers" \
         "$(dirname "$ROOT")/per_image_long_latent/no_masks/evaluate_val/attackers"
@@ -101,7 +102,6 @@ elif [ "$SPLIT" = test ]; then
     t=${TEMP:?SPLIT=test needs TEMP, the temperature chosen on validation}
     ex="$OUT/export${TAG}_t${t//./}"
     unclaimed "test_$SHAPE${TAG}_t${t//./}"
-    [ "${OVERWRITE:-0}" != 1 ] || rm -rf "$ex"
     [ -f "$ex/anonymized.h5" ] || OMP_NUM_THREADS=$THREADS $PY -m ppgan task=export \
         dataset=synthetic_per_image $(data "$SHAPE") task.checkpoint="$CKPT" task.temperature="$t" \
         hydra.run.dir="$ex"
