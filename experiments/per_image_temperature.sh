@@ -75,7 +75,7 @@ method() {  # t: the evaluate override of the checkpoint released at temperature
 evaluate() {  # split name overrides...
     local split=$1 name=$2 dir="$OUT/evaluate_$2"; shift 2
     # attackers already trained (their cache key holds no split; a stale one is retrained; the
-    # first cache holding a file wins): this checkpoint's validation runs first, then the
+    # first cache holding a file wins): ATTACKERS_FROM, this checkpoint's validation runs, then the
     # originals' from the xlong evaluation, the baselines' from the long_latent test evaluation
     # (per_image_long.sh, the same data and judges)
     seed_attackers "$dir" ${CACHES[@]+"${CACHES[@]}"} "$OUT"/evaluate_val_"$SHAPE"*/attackers \
@@ -95,17 +95,18 @@ if [ "$SPLIT" = val ]; then
     methods=() tag=""
     for t in $TEMPS; do methods+=("$(method "$t")") tag+="_t${t//./}"; done
     [ "$NETS" = 1 ] || tag+="_nets$NETS"
-    unclaimed "val_$SHAPE$TAG$tag"
-    evaluate val "val_$SHAPE$TAG$tag" "task.indep_networks=$NETS" '~task.methods.blur' '~task.methods.pixelate' '~task.methods.ksame' \
+    name="val_$SHAPE$TAG$tag"
+    unclaimed "$name"
+    evaluate val "$name" "task.indep_networks=$NETS" '~task.methods.blur' '~task.methods.pixelate' '~task.methods.ksame' \
         '~task.methods.prototype' "${methods[@]}"
 elif [ "$SPLIT" = test ]; then
     t=${TEMP:?SPLIT=test needs TEMP, the temperature chosen on validation}
-    ex="$OUT/export${TAG}_t${t//./}"
-    unclaimed "test_$SHAPE${TAG}_t${t//./}"
+    ex="$OUT/export${TAG}_t${t//./}" name="test_$SHAPE${TAG}_t${t//./}"
+    unclaimed "$name"
     [ -f "$ex/anonymized.h5" ] || OMP_NUM_THREADS=$THREADS $PY -m ppgan task=export \
         dataset=synthetic_per_image $(data "$SHAPE") task.checkpoint="$CKPT" task.temperature="$t" \
         hydra.run.dir="$ex"
-    evaluate test "test_$SHAPE${TAG}_t${t//./}" "$(method "$t")" \
+    evaluate test "$name" "$(method "$t")" \
         "+task.release_files.${NAME}_t${t//./}=$ex/anonymized.h5"
     OMP_NUM_THREADS=$THREADS $PY -m ppgan task=explain dataset=synthetic_per_image $(data "$SHAPE") \
         task.disease_ckpt="$M/disease/checkpoints/best.pt" \
