@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ppgan.config import compose_config
 from ppgan.engine import RunContext, load_checkpoint
-from ppgan.engine.context import LOCATION_KEYS, config_changes, training_config
+from ppgan.engine.context import LOCATION_KEYS, OUTPUT_KEYS, config_changes, training_config
 from ppgan.engine.distributed import current
 from ppgan.errors import PpganError
 from ppgan.tasks import run_task
@@ -82,7 +82,7 @@ def same_stage_config(name: str, trained: dict, now: DictConfig) -> None:
     """A finished training stage is reused only if it was trained with the config asked for now,
     budget included (`trained`: the config its checkpoint records; keys older checkpoints do not
     record are read as `LATER_KEYS` says)."""
-    if changes := config_changes(trained, training_config(now), LOCATION_KEYS):
+    if changes := config_changes(trained, training_config(now), LOCATION_KEYS + OUTPUT_KEYS):
         raise PpganError(
             f"hydra.run.dir: stage '{name}' finished with another config ({changes}); "
             "re-run with the original overrides or use a new run dir"

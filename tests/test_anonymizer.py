@@ -145,6 +145,26 @@ def test_resume_matches_uninterrupted(run, judges):
     assert resumed == pytest.approx(full, rel=1e-5)
 
 
+def test_keep_every_keeps_epochs_of_the_same_trajectory_and_resumes_with_it_added(run, judges):
+    args = [*GAN, *judge_overrides(judges)]
+    _, full = run(*args, name="full")  # task.epochs=2, no kept checkpoints
+    assert not list((full / "checkpoints").glob("epoch_*.pt"))
+    # A finished 1-epoch run dir extended to 3 epochs, keeping every 2nd: adding keep_every is
+    # not a config change, and the kept epoch 2 is the uninterrupted run's epoch 2.
+    run(*[a.replace("task.epochs=2", "task.epochs=1") for a in args], name="kept")
+    three = [a.replace("task.epochs=2", "task.epochs=3") for a in args]
+    _, out = run(*three, "task.keep_every=2", name="kept")
+    assert sorted(p.name for p in (out / "checkpoints").glob("epoch_*.pt")) == ["epoch_0002.pt"]
+    kept = torch.load(out / "checkpoints" / "epoch_0002.pt", weights_only=True)
+    last = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
+    assert kept["epoch"] == last["epoch"] == 2
+    for net in ("encoder", "decoder"):
+        for key, value in last[net].items():
+            torch.testing.assert_close(kept[net][key], value, rtol=1e-5, atol=1e-6)
+    with pytest.raises(PpganError, match=r"task.keep_every=-1: must be an integer >= 0"):
+        run(*args, "task.keep_every=-1", name="bad")
+
+
 def test_patience_comes_from_the_objectives_schedule():
     assert make_cfg("task=anonymizer", "model=rid_gan", "objective=pp_rid").task.patience == 8
     assert make_cfg("task=anonymizer").task.patience == 0  # PP-MIR: the paper's fixed schedule

@@ -104,6 +104,8 @@ def fit_batch_size(n: int, batch_size: int, what: str) -> int:
 
 # Where things are, not what is trained: never a reason to refuse a run dir.
 LOCATION_KEYS = ("dataset.data_dir", "dataset.in_memory_max_gb")
+# What is written along the way, not what is trained: kept checkpoints (`RunContext.end_epoch`).
+OUTPUT_KEYS = ("task.keep_every",)
 # When training stops. Each epoch's randomness is a function of the seed and the epoch alone, so
 # more epochs or an early stop (`patience`) extend or end the same trajectory: a run dir may be
 # resumed after they change, but a finished pipeline stage trained for another budget is not the
@@ -147,7 +149,7 @@ LATER_KEYS: dict[str, Any] = {
 def config_changes(
     before: dict[str, Any],
     after: dict[str, Any],
-    ignore: tuple[str, ...] = LOCATION_KEYS + BUDGET_KEYS,
+    ignore: tuple[str, ...] = LOCATION_KEYS + OUTPUT_KEYS + BUDGET_KEYS,
 ) -> str:
     """The keys (less `ignore`) whose values differ between two `training_config`s, as
     `key: old -> new` (at most four shown); empty when they are the same. `before` may come
@@ -252,6 +254,9 @@ class RunContext:
             raise PpganError(f"seed={self.seed}: must be >= 0")
         seed_everything(self.seed)
         self.ckpt_dir = self.out_dir / "checkpoints"
+        keep = self.keep_every = cfg.task.get("keep_every") or 0
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise PpganError(f"task.keep_every={keep!r}: must be an integer >= 0")
         # The trainer's speed switches (autocast, channels_last, cuDNN/TF32 flags, fused Adam,
         # compile): the backend flags now, the rest on the networks in `resume`.
         self.speed = Speed.from_config(cfg.trainer, self.device)
@@ -358,7 +363,9 @@ class RunContext:
     def end_epoch(
         self, epoch: int, nets: dict, opts: dict, select: Selection, improved: bool, **extra: Any
     ) -> None:
-        """Checkpoint a finished epoch: always `last.pt`, and `best.pt` when it improved."""
+        """Checkpoint a finished epoch: always `last.pt`, `best.pt` when it improved, and
+        `epoch_NNNN.pt` every `task.keep_every` epochs (0: none), so a choice among epochs can
+        be made afterwards on the validation split (`task.select` fixes one while training)."""
         payload = snapshot(
             epoch + 1,
             nets,
@@ -369,6 +376,8 @@ class RunContext:
         )
         if improved:
             self.save("best", payload)
+        if self.keep_every and (epoch + 1) % self.keep_every == 0:
+            self.save(f"epoch_{epoch + 1:04d}", payload)
         self.save("last", payload)
 
     def finish(self, metrics: dict[str, float]) -> dict[str, float]:
