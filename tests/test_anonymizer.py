@@ -161,8 +161,54 @@ def test_keep_every_keeps_epochs_of_the_same_trajectory_and_resumes_with_it_adde
     for net in ("encoder", "decoder"):
         for key, value in last[net].items():
             torch.testing.assert_close(kept[net][key], value, rtol=1e-5, atol=1e-6)
-    with pytest.raises(PpganError, match=r"task.keep_every=-1: must be an integer >= 0"):
-        run(*args, "task.keep_every=-1", name="bad")
+    for bad, shown in [("-1", "-1"), ("true", "True"), ("null", "None"), ("2.0", "2.0")]:
+        with pytest.raises(PpganError, match=rf"task.keep_every={shown}: must be an integer >= 0"):
+            run(*args, f"task.keep_every={bad}", name="bad")
+    # Nor is it a reason to refuse a finished pipeline stage.
+    from ppgan.engine.context import training_config
+    from ppgan.pipeline import same_stage_config
+
+    trained = training_config(make_cfg("task=anonymizer", "task.keep_every=0"))
+    same_stage_config("pp_mir", trained, make_cfg("task=anonymizer", "task.keep_every=10"))
+    with pytest.raises(PpganError, match="stage 'pp_mir' finished with another config"):
+        same_stage_config("pp_mir", trained, make_cfg("task=anonymizer", "task.n_samples=4"))
+
+
+def test_average_checkpoints_is_the_mean_generator_and_loads_as_one(run, judges, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from ppgan.engine.checkpoint import load_frozen_parts
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "average_checkpoints.py"
+    spec = importlib.util.spec_from_file_location("average_checkpoints", path)
+    avg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(avg)
+
+    _, out = run(*GAN, *judge_overrides(judges), "task.keep_every=1", name="kept")
+    ckpts = out / "checkpoints"
+    one, two, mean = ckpts / "epoch_0001.pt", ckpts / "epoch_0002.pt", ckpts / "mean.pt"
+    assert avg.main([str(mean), str(one), str(two)]) == 0
+    a, b = (torch.load(p, weights_only=True) for p in (one, two))
+    m = torch.load(mean, weights_only=True)
+    assert m["averaged_from"] == [1, 2] and not {"critic", "adversary", "opt_g"} & m.keys()
+    for net in ("encoder", "decoder"):
+        for key, value in m[net].items():
+            if value.is_floating_point():
+                torch.testing.assert_close(value, (a[net][key] + b[net][key]) / 2)
+            else:
+                assert torch.equal(value, b[net][key])  # counters: the last checkpoint's
+    (enc, dec), _ = load_frozen_parts(mean, ("encoder", "decoder"), [3, 32, 32])
+    assert dec(enc.release(torch.zeros(2, 3, 32, 32), torch.ones(2, 1, 32, 32))).shape[0] == 2
+    # One checkpoint, an existing output: a one-line error, nothing written.
+    assert avg.main([str(ckpts / "x.pt"), str(one)]) == 1
+    assert avg.main([str(mean), str(one), str(two)]) == 1
+    assert not (ckpts / "x.pt").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: average_checkpoints: give at least two checkpoints to average",
+        f"error: average_checkpoints: {mean} exists; choose another name",
+    ]
 
 
 def test_patience_comes_from_the_objectives_schedule():

@@ -254,7 +254,7 @@ class RunContext:
             raise PpganError(f"seed={self.seed}: must be >= 0")
         seed_everything(self.seed)
         self.ckpt_dir = self.out_dir / "checkpoints"
-        keep = self.keep_every = cfg.task.get("keep_every") or 0
+        keep = self.keep_every = cfg.task.get("keep_every", 0)
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
             raise PpganError(f"task.keep_every={keep!r}: must be an integer >= 0")
         # The trainer's speed switches (autocast, channels_last, cuDNN/TF32 flags, fused Adam,
