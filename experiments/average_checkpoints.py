@@ -12,8 +12,11 @@ What is averaged: every floating-point tensor of the encoder and the decoder, Ba
 running means and variances included (a plain mean of the statistics, not recomputed on the
 training data as SWA's `update_bn` would: the release path's statistics mix reconstructions and
 random codes, and recomputing them is a choice of its own). Integer tensors (BatchNorm's batch
-counters) and the metadata come from the last checkpoint given. The critic, the in-loop adversary
-and the optimizer states are left out, so the result cannot be resumed as a training run.
+counters), `epoch` and the rest of the metadata come from the last checkpoint given. Only the
+generator and what describes it are kept (the networks' specs, the training config, `variant`,
+`margin`, `n_ids`, `n_classes`, `averaged_from`): no critic, in-loop adversary, optimizer or RNG
+state, so the result cannot be resumed as a training run. The inputs must be distinct epochs of
+one run (the same training config, up to its budget).
 
     python experiments/average_checkpoints.py OUT.pt IN1.pt IN2.pt [...]
 """
@@ -27,9 +30,11 @@ from pathlib import Path
 import torch
 
 from ppgan.engine.checkpoint import load_checkpoint, save_checkpoint
+from ppgan.engine.context import config_changes
 from ppgan.errors import PpganError
 
 PARTS = ("encoder", "decoder")
+META = ("train_config", "variant", "margin", "n_ids", "n_classes", "epoch")
 
 
 def average(paths: list[Path]) -> dict:
@@ -39,24 +44,33 @@ def average(paths: list[Path]) -> dict:
     ckpts = [load_checkpoint(p, "average_checkpoints") for p in paths]
     last = ckpts[-1]
     for path, ckpt in zip(paths, ckpts, strict=True):
+        for key in (*PARTS, "epoch", "train_config"):
+            if key not in ckpt:
+                raise PpganError(f"average_checkpoints: {path} has no '{key}' (not a generator)")
+        if "averaged_from" in ckpt:
+            raise PpganError(f"average_checkpoints: {path} is itself an average")
         for part in PARTS:
-            if part not in ckpt:
-                raise PpganError(f"average_checkpoints: {path} has no '{part}' (not a generator)")
             if ckpt.get(f"{part}_spec") != last.get(f"{part}_spec"):
                 raise PpganError(f"average_checkpoints: {path} holds another '{part}' network")
-    payload = {k: v for k, v in last.items() if k not in PARTS and not k.endswith("_opt")}
-    for drop in ("critic", "critic_spec", "adversary", "adversary_spec", "selection"):
-        payload.pop(drop, None)
+        # Budget and output keys are ignored: the epochs of one run kept along the way.
+        if changes := config_changes(ckpt["train_config"], last["train_config"]):
+            raise PpganError(f"average_checkpoints: {path} is of another run ({changes})")
+    epochs = [int(c["epoch"]) for c in ckpts]
+    if len(set(epochs)) < len(epochs):
+        raise PpganError(f"average_checkpoints: epochs {epochs} repeat (last.pt and its epoch?)")
+    payload = {k: last[k] for k in META if k in last}
     for part in PARTS:
+        payload[f"{part}_spec"] = last[f"{part}_spec"]
         state = {}
         for key, value in last[part].items():
             if value.is_floating_point():
-                stacked = torch.stack([c[part][key].float() for c in ckpts])
+                wide = torch.promote_types(value.dtype, torch.float32)  # fp16/bf16 summed in fp32
+                stacked = torch.stack([c[part][key].to(wide) for c in ckpts])
                 state[key] = stacked.mean(0).to(value.dtype)
             else:
                 state[key] = value
         payload[part] = state
-    payload["averaged_from"] = [int(c["epoch"]) for c in ckpts]
+    payload["averaged_from"] = epochs
     return payload
 
 

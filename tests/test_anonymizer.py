@@ -191,7 +191,8 @@ def test_average_checkpoints_is_the_mean_generator_and_loads_as_one(run, judges,
     assert avg.main([str(mean), str(one), str(two)]) == 0
     a, b = (torch.load(p, weights_only=True) for p in (one, two))
     m = torch.load(mean, weights_only=True)
-    assert m["averaged_from"] == [1, 2] and not {"critic", "adversary", "opt_g"} & m.keys()
+    assert m["averaged_from"] == [1, 2] and m["epoch"] == 2
+    assert not {"critic", "selection", "rng"} & m.keys() and not any(k.endswith("_opt") for k in m)
     for net in ("encoder", "decoder"):
         for key, value in m[net].items():
             if value.is_floating_point():
@@ -200,14 +201,24 @@ def test_average_checkpoints_is_the_mean_generator_and_loads_as_one(run, judges,
                 assert torch.equal(value, b[net][key])  # counters: the last checkpoint's
     (enc, dec), _ = load_frozen_parts(mean, ("encoder", "decoder"), [3, 32, 32])
     assert dec(enc.release(torch.zeros(2, 3, 32, 32), torch.ones(2, 1, 32, 32))).shape[0] == 2
-    # One checkpoint, an existing output: a one-line error, nothing written.
-    assert avg.main([str(ckpts / "x.pt"), str(one)]) == 1
+    # One checkpoint, an existing output, an epoch twice, an average: one-line errors, nothing
+    # written. (A checkpoint of another run is refused by its training config.)
+    x = ckpts / "x.pt"
+    assert avg.main([str(x), str(one)]) == 1
     assert avg.main([str(mean), str(one), str(two)]) == 1
-    assert not (ckpts / "x.pt").exists()
+    assert avg.main([str(x), str(two), str(ckpts / "last.pt")]) == 1
+    assert avg.main([str(x), str(one), str(mean)]) == 1
+    assert not x.exists()
+    # Named last.pt by mistake, it is refused as a run to resume.
+    mean.replace(ckpts / "last.pt")
+    with pytest.raises(PpganError, match="is an averaged generator, not a training checkpoint"):
+        run(*GAN, *judge_overrides(judges), "task.keep_every=1", name="kept")
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "error: average_checkpoints: give at least two checkpoints to average",
         f"error: average_checkpoints: {mean} exists; choose another name",
+        "error: average_checkpoints: epochs [2, 2] repeat (last.pt and its epoch?)",
+        f"error: average_checkpoints: {mean} is itself an average",
     ]
 
 

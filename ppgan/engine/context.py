@@ -316,6 +316,11 @@ class RunContext:
         if not path.is_file():
             return None
         ckpt = load_checkpoint(path, "hydra.run.dir")
+        if "averaged_from" in ckpt:  # experiments/average_checkpoints.py: a generator alone
+            raise PpganError(
+                f"hydra.run.dir: {path} is an averaged generator, not a training checkpoint; "
+                "it cannot be resumed"
+            )
         log.info("resuming from %s (epoch %s)", path, ckpt.get("epoch"))
         return ckpt
 
