@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import h5py
 import numpy as np
@@ -14,6 +17,17 @@ from omegaconf import DictConfig
 from ppgan.config import CONF_DIR
 from ppgan.pipeline import run as run_job
 from ppgan.tasks import run_task
+
+
+def load_experiment(name: str) -> ModuleType:
+    """The script experiments/<name>.py as a module (experiments/ is not a package), registered
+    in sys.modules so that its dataclasses and pickling resolve it."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_cfg(*overrides: str) -> DictConfig:

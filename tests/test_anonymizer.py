@@ -31,7 +31,7 @@ from ppgan.models.bank import LatentBank
 from ppgan.models.classifier import Classifier
 from ppgan.models.critic import Critic
 from ppgan.models.vae import Decoder, Encoder
-from tests.conftest import SMALL_GAN, judge_overrides, make_cfg
+from tests.conftest import SMALL_GAN, judge_overrides, load_experiment, make_cfg
 
 
 def test_gradient_penalty_zero_for_unit_norm_linear_critic():
@@ -175,15 +175,9 @@ def test_keep_every_keeps_epochs_of_the_same_trajectory_and_resumes_with_it_adde
 
 
 def test_average_checkpoints_is_the_mean_generator_and_loads_as_one(run, judges, capsys):
-    import importlib.util
-    from pathlib import Path
-
     from ppgan.engine.checkpoint import load_frozen_parts
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "average_checkpoints.py"
-    spec = importlib.util.spec_from_file_location("average_checkpoints", path)
-    avg = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(avg)
+    avg = load_experiment("average_checkpoints")
 
     _, out = run(*GAN, *judge_overrides(judges), "task.keep_every=1", name="kept")
     ckpts = out / "checkpoints"

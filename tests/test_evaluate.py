@@ -15,7 +15,7 @@ from ppgan.data.hdf5 import ImageData
 from ppgan.errors import PpganError
 from ppgan.metrics.realism import region_psnr, region_ssim
 from ppgan.metrics.retrieval import precision_at_k
-from tests.conftest import judge_overrides
+from tests.conftest import judge_overrides, load_experiment
 
 ADAPTIVE = ("resnet", "resnet_aug", "linear", "knn")  # task.adaptive's defaults
 ATTACK = ["task.attack.epochs=15", "task.attack.batch_size=16", "task.n_samples=4"]
@@ -264,12 +264,7 @@ def test_link_auc_given_disease_does_not_reward_kept_disease():
 def test_gate_script_takes_the_strongest_attacker_and_the_same_disease_auc():
     """experiments/gates.py (the issue's acceptance table) on a hand-made metrics file: the best
     adaptive attacker decides, the same-disease AUC replaces the plain one, baselines set bars."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "gates.py"
-    spec = importlib.util.spec_from_file_location("gates", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_experiment("gates")
     common = {"utility/indep_acc": 1.0, "realism/diversity": 1.0, "realism/ssim_roi": 0.3,
               "realism/fid_disease": 10.0}  # fmt: skip
     metrics = {"chance/identity_disease": 0.05}

@@ -4,9 +4,7 @@ critic phase's one-forward scoring, the original's three-update structure, the l
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,19 +20,13 @@ from ppgan.gan.step import critic_scores
 from ppgan.models.critic import Critic
 from ppgan.models.subpixel import SubpixelConv2d, to_subpixel
 from ppgan.models.vae import Decoder
-from tests.conftest import make_cfg
+from tests.conftest import load_experiment, make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_gan_step", ROOT / "experiments" / "bench_gan_step.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gan_step"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("bench_gan_step")
 
 
 def test_benchmark_times_the_training_loops_own_step(monkeypatch, capsys, tmp_path):
