@@ -216,6 +216,61 @@ def test_average_checkpoints_is_the_mean_generator_and_loads_as_one(run, judges,
     ]
 
 
+def test_average_checkpoints_recompute_bn_estimates_the_statistics_of_the_averaged_weights(
+    run, judges, data_dir
+):
+    from ppgan.data import load_dataset
+    from ppgan.engine.checkpoint import network_from
+    from ppgan.engine.context import epoch_generator
+
+    avg = load_experiment("average_checkpoints")
+    _, out = run(*RID, *judge_overrides(judges), "task.keep_every=1", name="kept_rid")
+    ckpts = out / "checkpoints"
+    inputs = [str(ckpts / "epoch_0001.pt"), str(ckpts / "epoch_0002.pt")]
+    plain, bn, again, seed1 = (ckpts / f"{n}.pt" for n in ("plain", "bn", "again", "seed1"))
+    assert avg.main([str(plain), *inputs]) == 0
+    assert avg.main([str(bn), *inputs, "--recompute-bn"]) == 0
+    assert avg.main([str(again), *inputs, "--recompute-bn"]) == 0
+    assert avg.main([str(seed1), *inputs, "--recompute-bn", "--seed", "1"]) == 0
+    p, b, a, s1 = (torch.load(f, weights_only=True) for f in (plain, bn, again, seed1))
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    for net in ("encoder", "decoder"):
+        for key, value in b[net].items():
+            if key.endswith(stats):
+                assert torch.equal(value, a[net][key]), key  # same seed, same statistics
+            else:
+                assert torch.equal(value, p[net][key]), key  # the weights: the plain mean
+    assert any(not torch.equal(b["decoder"][k], s1["decoder"][k]) for k in b["decoder"])
+    # The first BatchNorm layer follows the first convolution of the images. With the `code`
+    # term off the encoder sees only the training images, so its mean is the plain mean of that
+    # convolution's output over the pass's batches, not a blend with the averaged statistics.
+    data = load_dataset(make_cfg(f"paths.data_dir={data_dir}").dataset)
+    batch_size = b["train_config"]["task.batch_size"]
+    order = epoch_generator(0, 0, "cpu", stream="recompute_bn")
+    idx = torch.cat(list(data.index_batches("train", batch_size, True, order, drop_last=True)))
+    n_batches = len(idx) // batch_size
+    assert b["bn_recomputed"] == {
+        "split": "train",
+        "images": len(idx),
+        "batch_size": batch_size,
+        "seed": 0,
+    }
+    no_code = avg.average([ckpts / "epoch_0001.pt", ckpts / "epoch_0002.pt"])
+    no_code["train_config"]["objective.loss.code"] = 0.0
+    avg.recompute_bn(no_code)
+    with torch.no_grad():
+        conv = network_from(no_code, "encoder").image_branch[0](data.batch(idx)["images"])
+    first = "image_branch.1."
+    torch.testing.assert_close(no_code["encoder"][first + "running_mean"], conv.mean((0, 2, 3)))
+    assert int(no_code["encoder"][first + "num_batches_tracked"]) == n_batches
+    assert not torch.allclose(
+        b["encoder"][first + "running_var"], p["encoder"][first + "running_var"]
+    )
+    # With it on (as trained), the encoder also reads each batch's release images.
+    assert int(b["encoder"][first + "num_batches_tracked"]) == 2 * n_batches
+    assert int(b["decoder"]["body.2.num_batches_tracked"]) == n_batches
+
+
 def test_patience_comes_from_the_objectives_schedule():
     assert make_cfg("task=anonymizer", "model=rid_gan", "objective=pp_rid").task.patience == 8
     assert make_cfg("task=anonymizer").task.patience == 0  # PP-MIR: the paper's fixed schedule
