@@ -116,7 +116,7 @@ def recompute_bn(payload: dict, seed: int = 0) -> None:
         m.momentum = None  # a cumulative mean over the pass, as update_bn
     enc.train(), dec.train()  # dropout on, as in the training passes the statistics come from
     identity_dim = getattr(enc, "identity_dim", 0)
-    code_term = float(config.get("objective.loss.code", 0.0) or 0.0) > 0 and identity_dim > 0
+    code_term = float(config.get("objective.loss.code") or 0.0) > 0  # PP-RID only
     batch_size = int(config["task.batch_size"])
     torch.manual_seed(seed)  # the draws of z and of the identity codes
     order = epoch_generator(seed, 0, data.device, stream="recompute_bn")
