@@ -104,6 +104,29 @@ def test_trainer_switch_defaults_keep_the_cpu_plain_fp32():
     assert on_cuda.amp_dtype is None
 
 
+@pytest.mark.parametrize("native", [True, False, None])
+def test_cpu_amp_warns_only_where_bf16_is_emulated(monkeypatch, caplog, native):
+    """On a CPU without native bf16 kernels autocast ran 16.8x slower than fp32: say so, once, at
+    the start of the run; where the kernels are native (or this build cannot tell) say nothing."""
+    import ppgan.engine.speed as speed_mod
+
+    monkeypatch.setattr(speed_mod, "cpu_bf16_native", lambda: native)
+    trainer = make_cfg("trainer.amp=true").trainer
+    with caplog.at_level("WARNING", logger="ppgan.engine.speed"):
+        speed = Speed.from_config(trainer, torch.device("cpu"))
+        Speed.from_config(make_cfg().trainer, torch.device("cpu"))  # amp off: nothing to say
+    assert speed.amp_dtype == torch.bfloat16  # the user's choice stands either way
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == (1 if native is False else 0)
+    assert all("trainer.amp=true" in w and "16.8x" in w for w in warned)
+
+
+def test_cpu_bf16_native_answers_on_this_build():
+    from ppgan.engine.speed import cpu_bf16_native
+
+    assert cpu_bf16_native() in (True, False)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

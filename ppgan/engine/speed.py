@@ -5,6 +5,7 @@ each is applied, once, for the training loops (through `RunContext`) and the ben
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -15,9 +16,20 @@ from torch import nn
 from ppgan.errors import PpganError
 from ppgan.models.subpixel import to_subpixel
 
+log = logging.getLogger(__name__)
+
 # Networks whose forward must stay eager: the gradient penalty differentiates the critic twice
 # (autograd.grad(create_graph=True), then backward), which compiled autograd does not support.
 NOT_COMPILED = ("critic",)
+
+
+def cpu_bf16_native() -> bool | None:
+    """Whether oneDNN has native bfloat16 kernels on this CPU (AVX-512 BF16 or AMX); None when
+    this PyTorch build cannot tell."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private op: absent from some builds
+        return None
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,13 @@ class Speed:
             amp_dtype = getattr(torch, name)
             if device.type == "cpu" and amp_dtype == torch.float16:
                 raise PpganError("trainer.amp_dtype=float16: CPU autocast here is bfloat16 only")
+            if device.type == "cpu" and cpu_bf16_native() is False:
+                # Not an error: the user may need the bf16 run's numbers (a committed result).
+                log.warning(
+                    "trainer.amp=true on a CPU without native bfloat16 kernels (no AVX-512 BF16 "
+                    "or AMX): autocast emulates them, 16.8x slower than float32 on a GAN "
+                    "iteration (experiments/results/perf/README.md); trainer.amp=false is faster"
+                )
         cuda = device.type == "cuda"
 
         def switch(key: str) -> bool:
