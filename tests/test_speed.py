@@ -116,7 +116,7 @@ def test_cpu_amp_warns_only_where_bf16_is_emulated(monkeypatch, caplog, native):
         speed = Speed.from_config(trainer, torch.device("cpu"))
         Speed.from_config(make_cfg().trainer, torch.device("cpu"))  # amp off: nothing to say
     assert speed.amp_dtype == torch.bfloat16  # the user's choice stands either way
-    warned = [r.getMessage() for r in caplog.records]
+    warned = [r.getMessage() for r in caplog.records if r.name == "ppgan.engine.speed"]
     assert len(warned) == (1 if native is False else 0)
     assert all("trainer.amp=true" in w and "16.8x" in w for w in warned)
 
@@ -124,7 +124,10 @@ def test_cpu_amp_warns_only_where_bf16_is_emulated(monkeypatch, caplog, native):
 def test_cpu_bf16_native_answers_on_this_build():
     from ppgan.engine.speed import cpu_bf16_native
 
-    assert cpu_bf16_native() in (True, False)
+    native = cpu_bf16_native()
+    if native is None:
+        pytest.skip("this PyTorch build has no torch.ops.mkldnn._is_mkldnn_bf16_supported")
+    assert native in (True, False)
 
 
 @pytest.mark.parametrize(
