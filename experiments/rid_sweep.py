@@ -5,9 +5,10 @@ with one `task=evaluate task.split=val`, and print the issue's gates for each (g
         --out <dir> [--device cuda] [--parallel 4] [--only base,lr1e3] [-- extra overrides]
 
 `--judges` holds the frozen judges (the `best.pt` of a pipeline's disease / identity / siamese
-stages) and optionally `pp_mir.pt` (evaluated alongside for reference). Variants train in
-parallel (`--parallel`); each is `python -m ppgan task=anonymizer model=rid_gan objective=pp_rid`
-plus its overrides. The test split is never read.
+stages) and optionally `pp_mir.pt` / `pp_sir.pt` (evaluated alongside for reference). Variants
+train in parallel (`--parallel`); each is
+`python -m ppgan task=anonymizer model=rid_gan objective=pp_rid` plus its overrides.
+The test split is never read.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ ROUNDS: dict[int, dict[str, list[str]]] = {
             "objective.loss.disease=5",
         ],
     },
+    # The shipped default (objective=pp_rid as is) at three training seeds, the judges fixed:
+    # how far one trajectory's gates are from another's (results/default_val/).
+    3: {f"seed{s}": [f"seed={s}"] for s in range(3)},
 }
 BASELINES = ["original", "blur", "ksame", "prototype"]
 
@@ -105,9 +109,10 @@ def main() -> None:
     def evaluate(name: str) -> dict:
         """`task=evaluate task.split=val` of one variant (or of the baselines) alone."""
         if name == "baselines":
-            methods = [f"~task.methods.{m}" for m in ("pixelate", "pp_sir")]
-            if (args.judges / "pp_mir.pt").is_file():
-                methods.append(f"task.methods.pp_mir.checkpoint={args.judges / 'pp_mir.pt'}")
+            methods = ["~task.methods.pixelate"]
+            for gen in ("pp_mir", "pp_sir"):  # a paper method without a checkpoint is skipped
+                if (args.judges / f"{gen}.pt").is_file():
+                    methods.append(f"task.methods.{gen}.checkpoint={args.judges / f'{gen}.pt'}")
         else:
             ckpt = args.out / name / "checkpoints" / "best.pt"
             methods = [f"~task.methods.{m}" for m in (*BASELINES, "pixelate", "pp_mir", "pp_sir")]
