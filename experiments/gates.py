@@ -109,7 +109,8 @@ def main() -> None:
     args = p.parse_args()
     table = gates(json.loads(args.metrics.read_text()))
     names = list(next(iter(table.values())))[:-1] if table else []
-    print("| method | " + " | ".join(names) + " | passed |")
+    # A `|` inside a cell would end it ("chance|disease"): Markdown wants it escaped.
+    print("| method | " + " | ".join(n.replace("|", "\\|") for n in names) + " | passed |")
     print("|---" * (len(names) + 2) + "|")
     for method, checks in table.items():
         cells = [cell(checks[n]) for n in names]

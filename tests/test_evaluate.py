@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -299,6 +301,26 @@ def test_gate_script_takes_the_strongest_attacker_and_the_same_disease_auc():
     assert module.gates(at_bound)["m"]["adaptive <= 2x chance|disease"]["pass"]
     over = at_bound | {"m/privacy/adaptive_linear_acc": 7 / 60}
     assert not module.gates(over)["m"]["adaptive <= 2x chance|disease"]["pass"]
+
+
+def test_gate_table_has_as_many_header_cells_as_columns(tmp_path, capsys, monkeypatch):
+    """The printed Markdown table renders: a header name holding `|` ("chance|disease") is
+    escaped, so the header, the rule line and every row have the same number of cells."""
+    module = load_experiment("gates")
+    metrics = {"chance/identity_disease": 0.05, "original/utility/indep_acc": 1.0,
+               "original/realism/diversity": 1.0, "m/privacy/adaptive_resnet_acc": 0.05,
+               "m/privacy/unseen_acc": 0.05, "m/utility/indep_acc": 1.0}  # fmt: skip
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(metrics))
+    monkeypatch.setattr("sys.argv", ["gates.py", str(path)])
+    module.main()
+    lines = capsys.readouterr().out.splitlines()
+
+    def cells(line: str) -> int:  # cells between unescaped pipes
+        return len(re.split(r"(?<!\\)\|", line.strip().strip("|")))
+
+    assert len(lines) == 3 and "chance\\|disease" in lines[0]
+    assert cells(lines[0]) == cells(lines[1]) == cells(lines[2])
 
 
 def test_several_independent_disease_networks_give_a_range(
