@@ -2,7 +2,8 @@
 with one `task=evaluate task.split=val`, and print the issue's gates for each (gates.py).
 
     python experiments/rid_sweep.py --judges <dir with disease.pt identity.pt siamese.pt> \
-        --out <dir> [--device cuda] [--parallel 4] [--only base,lr1e3] [-- extra overrides]
+        --out <dir> [--device cuda] [--parallel 4] [--only base,lr1e3] \
+        [--baselines-from <earlier evaluate/baselines/metrics.json>] [-- extra overrides]
 
 `--judges` holds the frozen judges (the `best.pt` of a pipeline's disease / identity / siamese
 stages) and optionally `pp_mir.pt` / `pp_sir.pt` (evaluated alongside for reference). Variants
@@ -66,6 +67,9 @@ ROUNDS: dict[int, dict[str, list[str]]] = {
     # The shipped default (objective=pp_rid as is) at three training seeds, the judges fixed:
     # how far one trajectory's gates are from another's (results/default_val/).
     3: {f"seed{s}": [f"seed={s}"] for s in range(3)},
+    # The same three seeds releasing the moving average of the generator's weights
+    # (objective.ema_half_life, in epochs; results/default_val/ema_rule.txt).
+    4: {f"ema2_seed{s}": [f"seed={s}", "objective.ema_half_life=2"] for s in range(3)},
 }
 BASELINES = ["original", "blur", "ksame", "prototype"]
 
@@ -79,6 +83,12 @@ def main() -> None:
     p.add_argument("--round", type=int, default=max(ROUNDS), choices=sorted(ROUNDS))
     p.add_argument("--only", default="")
     p.add_argument("--skip-train", action="store_true", help="evaluate existing runs only")
+    p.add_argument(
+        "--baselines-from",
+        type=Path,
+        help="the metrics.json of an earlier baselines evaluation with the same judges and data, "
+        "used instead of evaluating the baselines again (about 20 minutes on 2 CPU cores)",
+    )
     p.add_argument("extra", nargs="*")
     args = p.parse_args()
     variants = ROUNDS[args.round]
@@ -132,9 +142,15 @@ def main() -> None:
         path = run_dir / "metrics.json"
         return json.loads(path.read_text()) if rc == 0 and path.is_file() else {}
 
-    ok = ["baselines", *(n for n, _, rc in trained if rc == 0)]
+    ok = [n for n, _, rc in trained if rc == 0]
+    metrics = {}
+    if args.baselines_from:
+        metrics = json.loads(args.baselines_from.read_text())
+        print(f"baselines: {sorted(metrics)} from {args.baselines_from}", flush=True)
+    else:
+        ok.insert(0, "baselines")
     with ThreadPoolExecutor(args.parallel) as pool:
-        metrics = {k: v for m in pool.map(evaluate, ok) for k, v in m.items()}
+        metrics |= {k: v for m in pool.map(evaluate, ok) for k, v in m.items()}
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     table = gates(metrics)
     (args.out / "gates.json").write_text(json.dumps(table, indent=1))

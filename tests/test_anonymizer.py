@@ -646,3 +646,66 @@ def test_rid_disease_feature_term_trains_and_is_logged(run, judges):
     ea.Reload()
     values = [e.value for e in ea.Scalars("gen/disease_feat")]
     assert values and all(v == v and v >= 0 for v in values)
+
+
+def test_weight_average_known_answers():
+    from ppgan.engine.ema import WeightAverage
+
+    net = torch.nn.BatchNorm1d(2)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = WeightAverage(net, half_life=2.0, rampup=1.0)
+    assert not any(p.requires_grad for p in ema.avg.parameters()) and not ema.avg.training
+    # Step 1: half-life min(2, 1·1) = 1 -> beta 0.5; step 2 on: min(2, 2) = 2 -> beta 0.5 ** 0.5.
+    assert ema.beta(1) == pytest.approx(0.5) and ema.beta(5) == pytest.approx(0.5**0.5)
+    with torch.no_grad():
+        net.weight.fill_(4.0)
+        net.running_mean.fill_(2.0)
+        net.num_batches_tracked.fill_(7)
+    ema.update(net)
+    torch.testing.assert_close(ema.avg.weight, torch.full((2,), 2.0))
+    torch.testing.assert_close(ema.avg.running_mean, torch.full((2,), 1.0))
+    assert int(ema.avg.num_batches_tracked) == 7  # counters are copied, not averaged
+    ema.update(net)  # 2 + (1 - 0.5 ** 0.5) · (4 - 2)
+    torch.testing.assert_close(ema.avg.weight, torch.full((2,), 2 + (1 - 0.5**0.5) * 2))
+    with pytest.raises(ValueError, match="must be > 0"):
+        WeightAverage(net, half_life=0.0, rampup=1.0)
+
+
+EMA = ["objective.ema_half_life=1"]
+
+
+def test_ema_releases_the_average_while_the_trained_networks_keep_their_trajectory(run, judges):
+    from ppgan.engine.checkpoint import load_frozen_parts
+
+    # Three epochs, so that a resume from epoch 1 goes through a later epoch's update too.
+    args = [a.replace("task.epochs=2", "task.epochs=3") for a in [*RID, *judge_overrides(judges)]]
+    _, plain = run(*args, name="plain")
+    metrics, out = run(*args, *EMA, name="ema")
+    last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    ref = torch.load(plain / "checkpoints" / "last.pt", weights_only=True)
+    # The averages draw nothing from the random stream: the trained networks are the plain run's.
+    for net in ("encoder", "decoder"):
+        for key, value in ref[net].items():
+            torch.testing.assert_close(last[f"{net}_live"][key], value, rtol=1e-5, atol=1e-6)
+    # What the run keeps as encoder/decoder is the average, not the last iterate.
+    moved = [
+        (last["decoder"][k] - v).abs().max()
+        for k, v in ref["decoder"].items()
+        if v.is_floating_point()
+    ]
+    assert max(moved) > 1e-3
+    (enc, dec), _ = load_frozen_parts(
+        out / "checkpoints" / "best.pt", ("encoder", "decoder"), [3, 32, 32]
+    )
+    assert dec(enc(torch.zeros(2, 3, 32, 32), torch.ones(2, 1, 32, 32))[0]).shape == (2, 3, 32, 32)
+    # A run killed after epoch 1 resumes to the same averages (the ramp-up's step count too).
+    run(*[a.replace("task.epochs=3", "task.epochs=1") for a in args], *EMA, name="resumed")
+    resumed, out2 = run(*args, *EMA, name="resumed")
+    assert resumed == pytest.approx(metrics, rel=1e-5)
+    again = torch.load(out2 / "checkpoints" / "last.pt", weights_only=True)
+    for key, value in last["decoder"].items():
+        torch.testing.assert_close(again["decoder"][key], value, rtol=1e-5, atol=1e-6)
+    for bad in ("-1", "true", "abc"):
+        with pytest.raises(PpganError, match=r"objective.ema_half_life=.*: must be a number >= 0"):
+            run(*args, f"objective.ema_half_life={bad}", name="bad")

@@ -142,6 +142,8 @@ LATER_KEYS: dict[str, Any] = {
     "task.indep_networks": 1,
     "objective.latent_refresh": 1,
     "task.select": "best",
+    "objective.ema_half_life": 0.0,
+    "objective.ema_rampup": 0.5,
     **dict.fromkeys(BUDGET_KEYS, UNRECORDED),
 }
 

@@ -257,13 +257,18 @@ class GanStep:
         return {k: v.detach().float() for k, v in logged.items()}
 
 
-def run_epoch(step: GanStep, stream: Iterator[dict], iters: int) -> dict[str, Tensor]:
-    """`iters` iterations; the per-tag sums stay on the device (the host reads them once an
-    epoch, in `RunContext.log_means`, not once a step)."""
+def run_epoch(
+    step: GanStep, stream: Iterator[dict], iters: int, after: Callable[[], None] | None = None
+) -> dict[str, Tensor]:
+    """`iters` iterations, each followed by `after()` if given (the release averages' update);
+    the per-tag sums stay on the device (the host reads them once an epoch, in
+    `RunContext.log_means`, not once a step)."""
     sums: dict[str, Tensor] = {}
     for _ in range(iters):
         for k, v in step(stream).items():
             sums[k] = sums.get(k, 0) + v
+        if after is not None:
+            after()
     return sums
 
 

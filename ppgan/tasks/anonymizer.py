@@ -25,6 +25,7 @@ from ppgan.engine import (
     fit_batch_size,
     load_checkpoint,
 )
+from ppgan.engine.ema import WeightAverage
 from ppgan.engine.images import rows_grid
 from ppgan.engine.judges import Judges, load_judges
 from ppgan.errors import PpganError
@@ -131,7 +132,23 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         net.to(ctx.device)
     opt_g = build(cfg.optimizer, params=[*enc.parameters(), *dec.parameters()])
     opt_c = build(cfg.critic_optimizer, params=critic.parameters())
+    fixed = data.batch(data.indices("val")[: task.n_samples])
+    n_train = len(data.indices("train"))
+    batch_size = fit_batch_size(n_train, task.batch_size, "task=anonymizer")
+    iters = max(1, n_train // batch_size)
+    ctx.dist.check_batch(batch_size, n_train, "task=anonymizer", drop_last=True)
     nets = {"encoder": (enc, enc_spec), "decoder": (dec, dec_spec), "critic": (critic, critic_spec)}
+    averages = release_averages(obj, enc, dec, iters)
+    if averages:  # the checkpoints' encoder/decoder are the released averages (README, "PP-RID")
+        nets = {
+            "encoder": (averages[0].avg, enc_spec),
+            "decoder": (averages[1].avg, dec_spec),
+            "encoder_live": (enc, enc_spec),
+            "decoder_live": (dec, dec_spec),
+            "critic": (critic, critic_spec),
+        }
+    # The generator that is validated, selected, sampled and saved as encoder/decoder.
+    rel_enc, rel_dec = (averages[0].avg, averages[1].avg) if averages else (enc, dec)
     opts = {"opt_g": opt_g, "opt_c": opt_c}
     adversary = support = bank = None
     if rid:  # the adaptive attacker inside the loop, an identity classifier of its own
@@ -165,6 +182,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         patience=task.patience if keep == "best" else 0, warmup=task.selection_warmup
     )
     start = ctx.resume(nets, opts, select)
+    for average in averages:  # the ramp-up continues where the killed run left it
+        average.steps = start * iters
     # Generator and critic wrapped separately: each phase all-reduces its own player's gradients.
     train_enc, train_dec, train_critic = (ctx.wrap(net) for net in (enc, dec, critic))
     objective, roi_scale = rank_objective(obj, ctx.dist.world)
@@ -175,11 +194,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         "n_ids": data.n_ids,
         "n_classes": data.n_classes,
     }
-    fixed = data.batch(data.indices("val")[: task.n_samples])
-    n_train = len(data.indices("train"))
-    batch_size = fit_batch_size(n_train, task.batch_size, "task=anonymizer")
-    iters = max(1, n_train // batch_size)
-    ctx.dist.check_batch(batch_size, n_train, "task=anonymizer", drop_last=True)
     log.info(
         "task=anonymizer objective.variant=%s: %d epochs x %d iterations (%d critic + %d gen "
         "steps each) on %s",
@@ -238,19 +252,19 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 refs,
                 ctx.autocast,
             )
-        sums = run_epoch(step, stream, iters)
+        sums = run_epoch(step, stream, iters, after=update_averages(averages, enc, dec))
         if roi_scale > 1 and "gen/roi_rec" in sums:
             sums["gen/roi_rec"] = sums["gen/roi_rec"] * roi_scale
         ctx.log_means(sums, iters, epoch + 1)
         # Every rank validates; rank 0's numbers decide, so model selection agrees.
-        val = ctx.dist.broadcast(validate(enc, dec, judges, data, cfg, adversary))
+        val = ctx.dist.broadcast(validate(rel_enc, rel_dec, judges, data, cfg, adversary))
         for k, v in val.items():
             ctx.writer.add_scalar(f"val/{k}", v, epoch + 1)
         # No extra grid on an early stop's last epoch: PP-RID's grid draws codes from the run's
         # one random stream, and a stopped run extended later must draw what an unstopped one would.
         final = epoch + 1 == task.epochs
         if ctx.dist.is_main and ((epoch + 1) % task.sample_every == 0 or final):
-            save_samples(ctx, enc, dec, fixed, epoch + 1)
+            save_samples(ctx, rel_enc, rel_dec, fixed, epoch + 1)
         bar.set_postfix(score=f"{val['score']:.3f}", agree=f"{val['disease_agreement']:.2f}")
         # select=last: also a run resumed with more epochs ends on its own last epoch.
         improved = final if keep == "last" else select.update((val["score"],), epoch)
@@ -260,16 +274,48 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     if not (ctx.ckpt_dir / "best.pt").exists():  # warm-up longer than the run: keep the last
         ctx.save("best", load_checkpoint(ctx.ckpt_dir / "last.pt"))
     best = load_checkpoint(ctx.ckpt_dir / "best.pt")
-    enc.load_state_dict(best["encoder"]), dec.load_state_dict(best["decoder"])
+    rel_enc.load_state_dict(best["encoder"]), rel_dec.load_state_dict(best["decoder"])
     if adversary is not None:
         adversary.load_state_dict(best["adversary"])
     # The final numbers are a function of the kept checkpoint: the same random draws whether
     # training ran to the end, stopped early or was resumed.
     torch.manual_seed(ctx.seed)
-    val = validate(enc, dec, judges, data, cfg, adversary)
+    val = validate(rel_enc, rel_dec, judges, data, cfg, adversary)
     metrics = {f"val/{k}": v for k, v in val.items()}
     metrics.update({"best_epoch": best["epoch"], "chance/identity": 1.0 / data.n_ids})
     return ctx.finish(metrics)
+
+
+def release_averages(obj: DictConfig, enc, dec, iters: int) -> tuple[WeightAverage, ...]:
+    """The moving averages of encoder and decoder that the run releases instead of the trained
+    networks (`objective.ema_half_life` epochs, 0: none, the trained networks themselves).
+
+    Measured in epochs so that one setting means the same share of training on data sets of any
+    size; the ramp-up (`objective.ema_rampup`) caps the half-life at that fraction of the steps
+    taken so far. The averages are built from the networks' initial weights and draw nothing
+    from the random stream, so the trained networks follow the same trajectory with or without
+    them (only what is validated, kept and released differs)."""
+    half_life = obj.get("ema_half_life", 0.0)
+    rampup = obj.get("ema_rampup", 0.5)
+    for key, value in (("ema_half_life", half_life), ("ema_rampup", rampup)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise PpganError(f"objective.{key}={value}: must be a number >= 0")
+    if not half_life:
+        return ()
+    if not rampup:
+        raise PpganError("objective.ema_rampup=0: must be > 0 when objective.ema_half_life > 0")
+    return tuple(WeightAverage(net, half_life * iters, rampup) for net in (enc, dec))
+
+
+def update_averages(averages: tuple[WeightAverage, ...], enc, dec):
+    """The per-iteration hook of `run_epoch` that moves the averages (None without them)."""
+    if not averages:
+        return None
+
+    def after() -> None:
+        averages[0].update(enc), averages[1].update(dec)
+
+    return after
 
 
 def rank_objective(obj: DictConfig, world: int) -> tuple[DictConfig, int]:
