@@ -146,7 +146,8 @@ def main() -> None:
     metrics = {}
     if args.baselines_from:
         metrics = json.loads(args.baselines_from.read_text())
-        print(f"baselines: {sorted(metrics)} from {args.baselines_from}", flush=True)
+        methods = sorted({k.split("/")[0] for k in metrics} - {"chance"})
+        print(f"baselines: {', '.join(methods)} from {args.baselines_from}", flush=True)
     else:
         ok.insert(0, "baselines")
     with ThreadPoolExecutor(args.parallel) as pool:
