@@ -143,15 +143,17 @@ def main() -> None:
         return json.loads(path.read_text()) if rc == 0 and path.is_file() else {}
 
     ok = [n for n, _, rc in trained if rc == 0]
-    metrics = {}
+    reused = {}
     if args.baselines_from:
-        metrics = json.loads(args.baselines_from.read_text())
-        methods = sorted({k.split("/")[0] for k in metrics} - {"chance"})
+        reused = json.loads(args.baselines_from.read_text())
+        methods = sorted({k.split("/")[0] for k in reused} - {"chance"})
         print(f"baselines: {', '.join(methods)} from {args.baselines_from}", flush=True)
     else:
         ok.insert(0, "baselines")
     with ThreadPoolExecutor(args.parallel) as pool:
-        metrics |= {k: v for m in pool.map(evaluate, ok) for k, v in m.items()}
+        fresh = {k: v for m in pool.map(evaluate, ok) for k, v in m.items()}
+    check_same_reference(reused, fresh, args.baselines_from)
+    metrics = reused | fresh
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     table = gates(metrics)
     (args.out / "gates.json").write_text(json.dumps(table, indent=1))
@@ -159,6 +161,27 @@ def main() -> None:
         cells = ", ".join(f"{k.split(' ')[0]}={v['value']:.3f}{'' if v['pass'] else '✗'}"
                           for k, v in checks.items() if k != "passed")  # fmt: skip
         print(f"{name:10s} {checks['passed']}/8  {cells}")
+
+
+def check_same_reference(reused: dict, fresh: dict, source: Path | None) -> None:
+    """Refuse reused baselines whose evaluation saw other judges or data than this one's.
+
+    Every evaluation also scores the originals with the frozen judges and states the chance
+    levels; those rows depend on nothing but the judges, the data and the seed, so they must
+    agree (to 1e-3, under one image of 240) for the baselines' gates to be comparable."""
+    keys = [
+        k
+        for k in reused
+        if k in fresh and k.startswith(("chance/", "original/privacy/", "original/utility/"))
+    ]
+    off = [k for k in keys if abs(reused[k] - fresh[k]) > 1e-3]
+    if off:
+        k = off[0]
+        sys.exit(
+            f"--baselines-from {source}: its {k} is {reused[k]:.4f} but this evaluation's is "
+            f"{fresh[k]:.4f} ({len(off)} of {len(keys)} reference keys differ): other judges, "
+            "data or seed; drop --baselines-from to evaluate the baselines again"
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ generator."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -145,8 +147,8 @@ class Generator(Anonymizer):
 
 def check_temperature(t, key: str) -> None:
     """A release temperature (`Encoder.release`) is a number >= 0; `key` names it in the error."""
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
-        raise PpganError(f"{key}={t}: must be a number >= 0 (0: the posterior mean)")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        raise PpganError(f"{key}={t}: must be a finite number >= 0 (0: the posterior mean)")
 
 
 def quantize(x: Tensor) -> Tensor:

@@ -464,12 +464,14 @@ def test_release_temperature_scales_the_posterior_noise_of_the_content(run):
         gen.temperature = 0.0
         assert gen.stochastic == bool(identity_dim)
         assert torch.equal(gen(batch)[:, :k], mu[:, :k])
-    with pytest.raises(PpganError, match=r"task.temperature=-0.5: must be a number >= 0"):
+    with pytest.raises(PpganError, match=r"task.temperature=-0.5: must be a finite number >= 0"):
         run("task=export", "task.checkpoint=none.pt", "task.temperature=-0.5", name="neg")
-    with pytest.raises(PpganError, match=r"task.temperature=None: must be a number >= 0"):
+    with pytest.raises(PpganError, match=r"task.temperature=None: must be a finite number >= 0"):
         run("task=export", "task.checkpoint=none.pt", "task.temperature=null", name="null")
-    with pytest.raises(PpganError, match=r"task.methods.\*.temperature=-1: must be a number"):
+    with pytest.raises(PpganError, match=r"task.methods.\*.temperature=-1: must be a finite"):
         Generator("unused.pt", temperature=-1)
+    with pytest.raises(PpganError, match=r"task.methods.\*.temperature=nan: must be a finite"):
+        Generator("unused.pt", temperature=float("nan"))
 
 
 def test_rid_trains_its_adversary_and_releases_random_people(run, judges):
@@ -675,13 +677,31 @@ def test_weight_average_known_answers():
 EMA = ["objective.ema_half_life=1"]
 
 
-def test_ema_releases_the_average_while_the_trained_networks_keep_their_trajectory(run, judges):
+def test_ema_releases_the_average_while_the_trained_networks_keep_their_trajectory(
+    run, judges, data_dir, monkeypatch
+):
+    import ppgan.tasks.anonymizer as anonymizer
     from ppgan.engine.checkpoint import load_frozen_parts
+
+    # Every validation (hence selection) and sample grid runs the average: the frozen copy.
+    shown = []
+    for name in ("validate", "save_samples"):
+        real = getattr(anonymizer, name)
+
+        def spy(*a, _real=real, **k):
+            nets = [x for x in a if isinstance(x, nn.Module)][:2]
+            shown.append(all(not p.requires_grad for net in nets for p in net.parameters()))
+            return _real(*a, **k)
+
+        monkeypatch.setattr(anonymizer, name, spy)
 
     # Three epochs, so that a resume from epoch 1 goes through a later epoch's update too.
     args = [a.replace("task.epochs=2", "task.epochs=3") for a in [*RID, *judge_overrides(judges)]]
     _, plain = run(*args, name="plain")
+    assert shown and not any(shown)  # without EMA the trained networks themselves
+    shown.clear()
     metrics, out = run(*args, *EMA, name="ema")
+    assert len(shown) >= 4 and all(shown)
     last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     ref = torch.load(plain / "checkpoints" / "last.pt", weights_only=True)
     # The averages draw nothing from the random stream: the trained networks are the plain run's.
@@ -706,6 +726,44 @@ def test_ema_releases_the_average_while_the_trained_networks_keep_their_trajecto
     again = torch.load(out2 / "checkpoints" / "last.pt", weights_only=True)
     for key, value in last["decoder"].items():
         torch.testing.assert_close(again["decoder"][key], value, rtol=1e-5, atol=1e-6)
-    for bad in ("-1", "true", "abc"):
-        with pytest.raises(PpganError, match=r"objective.ema_half_life=.*: must be a number >= 0"):
+    # The reported metrics are the kept average's: validation recomputed from best.pt's
+    # encoder/decoder reproduces them, and the trained networks of that epoch give other numbers.
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    assert any(
+        not torch.equal(best["encoder"][k], v)
+        for k, v in best["encoder_live"].items()
+        if v.is_floating_point()
+    )
+    cfg = make_cfg("debug=tiny", f"paths.data_dir={data_dir}", *args, *EMA)
+    assert _validate_checkpoint(cfg, best, "") == pytest.approx(
+        {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}, rel=1e-5
+    )
+    assert _validate_checkpoint(cfg, best, "_live")["disease_ce"] != pytest.approx(
+        metrics["val/disease_ce"], rel=1e-4
+    )
+    for bad in ("-1", "true", "abc", "nan", "inf"):
+        with pytest.raises(
+            PpganError, match=r"objective.ema_half_life=.*: must be a finite number >= 0"
+        ):
             run(*args, f"objective.ema_half_life={bad}", name="bad")
+
+
+def _validate_checkpoint(cfg, ckpt: dict, suffix: str) -> dict[str, float]:
+    """The anonymizer's validation of `ckpt`'s encoder{suffix}/decoder{suffix}, as a run ends."""
+    from ppgan.data import load_dataset
+    from ppgan.engine import build_model
+    from ppgan.engine.judges import load_judges
+    from ppgan.tasks.anonymizer import validate
+
+    data = load_dataset(cfg.dataset, require_splits=("train", "val"))
+    judges = load_judges(cfg.task, data, torch.device("cpu"), ("disease",))
+    nets = []
+    for part in ("encoder", "decoder", "adversary"):
+        spec = cfg.model[part]
+        extra = {"n_classes": data.n_ids} if part == "adversary" else {}
+        net, _ = build_model(spec, in_shape=list(data.shape), **extra)
+        name = part if part == "adversary" else part + suffix
+        net.load_state_dict(ckpt[name])
+        nets.append(net)
+    torch.manual_seed(cfg.seed)
+    return validate(*nets[:2], judges, data, cfg, nets[2])

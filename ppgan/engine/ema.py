@@ -29,8 +29,15 @@ class WeightAverage:
 
     Floating-point buffers (BatchNorm's running statistics) are averaged the same way, as the
     plain mean of checkpoints averages them (`experiments/average_checkpoints.py`); integer
-    buffers (batch counters) are copied. The copy is frozen and in eval mode; it is trained by
-    nothing but `update`.
+    buffers (batch counters) are copied. StyleGAN2-ADA copies its buffers instead, but its
+    generator has no BatchNorm; ours runs in eval mode when released, so its BatchNorm layers
+    normalise with the running statistics, and those of the last iterate describe the last
+    iterate's activations, not the average's. Averaging them follows the weights: both are slow
+    averages of the same trajectory. Exact statistics would take a pass over the training set
+    with the averaged weights after each update (SWA's `update_bn`); that is not done.
+
+    The copy takes no gradients and is changed by nothing but `update`; whoever runs it sets its
+    mode (validation, samples and export run it in eval mode).
 
     Args:
         net: the trained network (its weights at this moment start the average).

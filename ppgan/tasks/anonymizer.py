@@ -10,6 +10,7 @@ identity and siamese networks are pre-trained and frozen.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -298,8 +299,13 @@ def release_averages(obj: DictConfig, enc, dec, iters: int) -> tuple[WeightAvera
     half_life = obj.get("ema_half_life", 0.0)
     rampup = obj.get("ema_rampup", 0.5)
     for key, value in (("ema_half_life", half_life), ("ema_rampup", rampup)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise PpganError(f"objective.{key}={value}: must be a number >= 0")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise PpganError(f"objective.{key}={value}: must be a finite number >= 0")
     if not half_life:
         return ()
     if not rampup:
