@@ -697,7 +697,7 @@ def test_ema_releases_the_average_while_the_trained_networks_keep_their_trajecto
 
     # Three epochs, so that a resume from epoch 1 goes through a later epoch's update too.
     args = [a.replace("task.epochs=2", "task.epochs=3") for a in [*RID, *judge_overrides(judges)]]
-    _, plain = run(*args, name="plain")
+    _, plain = run(*args, "objective.ema_half_life=0", name="plain")
     assert shown and not any(shown)  # without EMA the trained networks themselves
     shown.clear()
     metrics, out = run(*args, *EMA, name="ema")

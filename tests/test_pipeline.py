@@ -152,7 +152,8 @@ def test_the_long_schedule_reaches_only_pp_rids_stage():
 
 
 def test_the_release_temperature_reaches_export_and_evaluation_alike():
-    """`task.temperature` of the pipeline: what each generator ships is what the report scores."""
+    """`task.temperature` (PP-MIR, PP-SIR) and `task.rid_temperature` (PP-RID) of the pipeline:
+    what each generator ships is what the report scores."""
     from hydra.utils import instantiate
 
     from ppgan.pipeline import PLACEHOLDER, stage_config
@@ -162,12 +163,19 @@ def test_the_release_temperature_reaches_export_and_evaluation_alike():
         overrides = [PLACEHOLDER.sub(r"/runs/\1", o) for o in cfg.task.stages[name]]
         return stage_config(cfg, name, overrides, ["debug=tiny"])
 
-    for t in (0.0, 0.25):
-        cfg = make_cfg("task=pipeline", f"task.temperature={t}")
-        for m in ("pp_mir", "pp_rid"):
-            assert stage(cfg, f"export_{m}").task.temperature == t
+    # The defaults: PP-RID released at 0.5 with its weight average, PP-MIR at the posterior mean.
+    cfg = make_cfg("task=pipeline")
+    assert stage(cfg, "pp_rid").objective.ema_half_life == 2.0
+    assert stage(cfg, "pp_mir").objective.ema_half_life == 0.0
+    for m, t in (("pp_mir", 0.0), ("pp_sir", 0.0), ("pp_rid", 0.5)):
+        assert stage(cfg, f"export_{m}").task.temperature == t
+        assert instantiate(stage(cfg, "evaluate").task.methods[m]).temperature == t
+    for t, rid_t in ((0.0, 0.25), (0.25, 0.0)):
+        cfg = make_cfg("task=pipeline", f"task.temperature={t}", f"task.rid_temperature={rid_t}")
+        for m, want in (("pp_mir", t), ("pp_rid", rid_t)):
+            assert stage(cfg, f"export_{m}").task.temperature == want
             method = stage(cfg, "evaluate").task.methods[m]
-            assert instantiate(method).temperature == t
+            assert instantiate(method).temperature == want
 
 
 def test_pipeline_on_the_per_image_gray_three_class_shape_without_masks(run):
