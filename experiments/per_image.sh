@@ -32,13 +32,16 @@ $PY -m ppgan dataset=synthetic_per_image hydra.run.dir="$ROOT/masks" \
 $PY -m ppgan task=synthesize dataset=synthetic_per_image dataset.generator.masks=false \
     hydra.run.dir="$ROOT/no_masks/synthesize"
 
-# 3. The two GAN chains side by side.
+# 3. The two GAN chains side by side, with PP-RID as it was when these ran (before its weight
+# average and release temperature 0.5 became the default on the 64 px data).
+OLD_RID="objective.ema_half_life=0 task.rid_temperature=0"
+# shellcheck disable=SC2086
 OMP_NUM_THREADS=1 $PY -m ppgan dataset=synthetic_per_image hydra.run.dir="$ROOT/masks" \
-    "task.skip=[$SKIP]" > "$ROOT/masks.log" 2>&1 &
+    "task.skip=[$SKIP]" $OLD_RID > "$ROOT/masks.log" 2>&1 &
 masks=$!
 OMP_NUM_THREADS=1 $PY -m ppgan dataset=synthetic_per_image dataset.generator.masks=false \
     dataset.path="$ROOT/no_masks/synthesize/synthetic_iris.h5" task.judges_from="$ROOT/masks" \
-    hydra.run.dir="$ROOT/no_masks" "task.skip=[$SKIP,cf_pp_rid]" \
+    hydra.run.dir="$ROOT/no_masks" "task.skip=[$SKIP,cf_pp_rid]" $OLD_RID \
     > "$ROOT/no_masks.log" 2>&1 &
 no_masks=$!
 wait $masks

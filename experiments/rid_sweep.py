@@ -64,9 +64,10 @@ ROUNDS: dict[int, dict[str, list[str]]] = {
             "objective.loss.disease=5",
         ],
     },
-    # The shipped default (objective=pp_rid as is) at three training seeds, the judges fixed:
-    # how far one trajectory's gates are from another's (results/default_val/).
-    3: {f"seed{s}": [f"seed={s}"] for s in range(3)},
+    # The default of the time (objective=pp_rid before its weight average; ema_half_life=0 now
+    # says so) at three training seeds, the judges fixed: how far one trajectory's gates are
+    # from another's (results/default_val/).
+    3: {f"seed{s}": [f"seed={s}", "objective.ema_half_life=0"] for s in range(3)},
     # The same three seeds releasing the moving average of the generator's weights
     # (objective.ema_half_life, in epochs; results/default_val/ema_rule.txt).
     4: {f"ema2_seed{s}": [f"seed={s}", "objective.ema_half_life=2"] for s in range(3)},

@@ -2,7 +2,7 @@
 # Driver for ema_temperature_rule.txt: wait for the judges, link, retrain EMA seeds, hash, evaluate.
 set -uo pipefail
 cd /work/main
-PY=/work/venv/bin/python
+PY=${PYTHON:-python}
 while pgrep -f "hydra.run.dir=outputs/s20/judges_run" > /dev/null; do sleep 20; done
 echo "judges done $(date -u +%T)"
 mkdir -p outputs/timing_s17 outputs/default_val/judges outputs/default_val/rid
@@ -20,7 +20,7 @@ for s in 0 1 2; do
     seed=$s objective.ema_half_life=2 > outputs/default_val/rid/ema2_seed$s.log 2>&1
   echo "train ema2_seed$s exit $? end $(date -u +%T)"
 done
-$PY /work/logs/s20_hash.py; hrc=$?
+$PY experiments/results/default_val/retrain_s20_hash.py; hrc=$?
 methods=()
 for s in 0 1 2; do
   ck=outputs/default_val/rid/ema2_seed$s/checkpoints/best.pt
