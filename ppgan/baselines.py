@@ -4,8 +4,6 @@ generator."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -13,7 +11,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from ppgan.data import ImageData
 from ppgan.engine.checkpoint import load_frozen_parts
-from ppgan.errors import PpganError
+from ppgan.errors import require_nonnegative
 
 
 class Anonymizer:
@@ -147,8 +145,7 @@ class Generator(Anonymizer):
 
 def check_temperature(t, key: str) -> None:
     """A release temperature (`Encoder.release`) is a number >= 0; `key` names it in the error."""
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-        raise PpganError(f"{key}={t}: must be a finite number >= 0 (0: the posterior mean)")
+    require_nonnegative(t, key, " (0: the posterior mean)")
 
 
 def quantize(x: Tensor) -> Tensor:

@@ -761,19 +761,14 @@ def test_ema_releases_the_average_while_the_trained_networks_keep_their_trajecto
 def _validate_checkpoint(cfg, ckpt: dict, suffix: str) -> dict[str, float]:
     """The anonymizer's validation of `ckpt`'s encoder{suffix}/decoder{suffix}, as a run ends."""
     from ppgan.data import load_dataset
-    from ppgan.engine import build_model
+    from ppgan.engine.checkpoint import frozen_from
     from ppgan.engine.judges import load_judges
     from ppgan.tasks.anonymizer import validate
 
     data = load_dataset(cfg.dataset, require_splits=("train", "val"))
     judges = load_judges(cfg.task, data, torch.device("cpu"), ("disease",))
-    nets = []
-    for part in ("encoder", "decoder", "adversary"):
-        spec = cfg.model[part]
-        extra = {"n_classes": data.n_ids} if part == "adversary" else {}
-        net, _ = build_model(spec, in_shape=list(data.shape), **extra)
-        name = part if part == "adversary" else part + suffix
-        net.load_state_dict(ckpt[name])
-        nets.append(net)
+    enc, dec, adversary = (
+        frozen_from(ckpt, name) for name in (f"encoder{suffix}", f"decoder{suffix}", "adversary")
+    )
     torch.manual_seed(cfg.seed)
-    return validate(*nets[:2], judges, data, cfg, nets[2])
+    return validate(enc, dec, judges, data, cfg, adversary)

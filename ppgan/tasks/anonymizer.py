@@ -10,7 +10,6 @@ identity and siamese networks are pre-trained and frozen.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from ppgan.engine import (
 from ppgan.engine.ema import WeightAverage
 from ppgan.engine.images import rows_grid
 from ppgan.engine.judges import Judges, load_judges
-from ppgan.errors import PpganError
+from ppgan.errors import PpganError, require_nonnegative
 from ppgan.gan import (
     REQUIRED_JUDGES,
     anonymizer_step,
@@ -298,14 +297,8 @@ def release_averages(obj: DictConfig, enc, dec, iters: int) -> tuple[WeightAvera
     them (only what is validated, kept and released differs)."""
     half_life = obj.get("ema_half_life", 0.0)
     rampup = obj.get("ema_rampup", 0.5)
-    for key, value in (("ema_half_life", half_life), ("ema_rampup", rampup)):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise PpganError(f"objective.{key}={value}: must be a finite number >= 0")
+    require_nonnegative(half_life, "objective.ema_half_life")
+    require_nonnegative(rampup, "objective.ema_rampup")
     if not half_life:
         return ()
     if not rampup:
