@@ -51,7 +51,7 @@ from ppgan.errors import PpganError
 from ppgan.models.vae import reparameterize
 
 PARTS = ("encoder", "decoder")
-META = ("train_config", "variant", "margin", "n_ids", "n_classes", "epoch")
+META = ("train_config", "variant", "release_temperature", "margin", "n_ids", "n_classes", "epoch")
 
 
 def average(paths: list[Path]) -> dict:

@@ -34,7 +34,7 @@ $PY -m ppgan task=synthesize dataset=synthetic_per_image dataset.generator.masks
 
 # 3. The two GAN chains side by side, with PP-RID as it was when these ran (before its weight
 # average and release temperature 0.5 became the default on the 64 px data).
-OLD_RID="objective.ema_half_life=0 task.rid_temperature=0"
+OLD_RID="objective.ema_half_life=0 objective.release_temperature=0 task.rid_temperature=0"
 # shellcheck disable=SC2086
 OMP_NUM_THREADS=1 $PY -m ppgan dataset=synthetic_per_image hydra.run.dir="$ROOT/masks" \
     "task.skip=[$SKIP]" $OLD_RID > "$ROOT/masks.log" 2>&1 &

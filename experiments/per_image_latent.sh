@@ -42,7 +42,8 @@ for v in masks no_masks; do
     if [ -f "$OUT/$v/$NAME/metrics.json" ]; then continue; fi  # trained already
     # shellcheck disable=SC2046,SC2086
     OMP_NUM_THREADS=1 $PY -m ppgan task=anonymizer dataset=synthetic_per_image $(data $v) \
-        model=rid_gan objective=pp_rid objective.ema_half_life=0 objective.loss.latent=1 $EXTRA $JUDGES \
+        model=rid_gan objective=pp_rid objective.ema_half_life=0 objective.release_temperature=0 \
+        objective.loss.latent=1 $EXTRA $JUDGES \
         hydra.run.dir="$OUT/$v/$NAME" > "$OUT/$v.train.log" 2>&1 &
     pids+=($!)
 done

@@ -72,9 +72,12 @@ ROUNDS: dict[int, dict[str, list[str]]] = {
     # (objective.ema_half_life, in epochs; results/default_val/ema_rule.txt).
     4: {f"ema2_seed{s}": [f"seed={s}", "objective.ema_half_life=2"] for s in range(3)},
 }
-# Rounds 1-3 ran before PP-RID's default released its weight average: pinned, so they repeat.
-for _r in (1, 2, 3):
-    ROUNDS[_r] = {k: [*v, "objective.ema_half_life=0"] for k, v in ROUNDS[_r].items()}
+# Rounds 1-3 ran before PP-RID's default released its weight average, and every round scored
+# the generators at the posterior mean (t = 0), before the checkpoint recorded a release
+# temperature for evaluation to use: pinned, so they repeat.
+for _r in ROUNDS:
+    _pins = ["objective.release_temperature=0"] + (["objective.ema_half_life=0"] if _r < 4 else [])
+    ROUNDS[_r] = {k: [*v, *_pins] for k, v in ROUNDS[_r].items()}
 BASELINES = ["original", "blur", "ksame", "prototype"]
 
 

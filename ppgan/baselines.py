@@ -115,10 +115,12 @@ class Prototype(Anonymizer):
 class Generator(Anonymizer):
     """A trained ppgan generator (checkpoint of task=anonymizer): z = mu, or with
     `temperature > 0` the posterior's noise scaled by it (`Encoder.release`; task=export's
-    `task.temperature`)."""
+    `task.temperature`). `temperature=None`: the one its checkpoint records
+    (`release_temperature`)."""
 
-    def __init__(self, checkpoint: str, quantize: bool = True, temperature: float = 0.0):
-        check_temperature(temperature, "task.methods.*.temperature")
+    def __init__(self, checkpoint: str, quantize: bool = True, temperature: float | None = None):
+        if temperature is not None:
+            check_temperature(temperature, "task.methods.*.temperature")
         self.checkpoint, self.quantize, self.temperature = checkpoint, quantize, temperature
 
     @property
@@ -135,6 +137,7 @@ class Generator(Anonymizer):
             "task.methods.*.checkpoint",
         )
         self.variant = ckpt.get("variant")  # what it was trained against: mir / sir
+        self.temperature = release_temperature(self.temperature, ckpt, "task.methods.*.temperature")
         return self
 
     @torch.no_grad()
@@ -146,6 +149,17 @@ class Generator(Anonymizer):
 def check_temperature(t, key: str) -> None:
     """A release temperature (`Encoder.release`) is a number >= 0; `key` names it in the error."""
     require_nonnegative(t, key, " (0: the posterior mean)")
+
+
+def release_temperature(asked: float | None, ckpt: dict, key: str) -> float:
+    """The temperature a generator is released at: `asked` (the `key` of task=export or
+    task=evaluate), or when that is null the one its checkpoint records (task=anonymizer's
+    `objective.release_temperature`, chosen with the method; 0 for checkpoints from before it
+    was recorded)."""
+    if asked is None:
+        asked, key = ckpt.get("release_temperature", 0.0), "the checkpoint's release_temperature"
+    check_temperature(asked, key)
+    return float(asked)
 
 
 def quantize(x: Tensor) -> Tensor:

@@ -6,7 +6,10 @@ Each stage is composed like a command line of its own: the stage's overrides, th
 (every `key=value` given to `python -m ppgan` reaches every stage where the key exists), then
 `task.overrides.<stage>`. A stage whose `metrics.json` exists is skipped, so re-running with
 `hydra.run.dir=<run dir>` after a kill continues where it stopped (a half-trained stage resumes
-from its own `last.pt`).
+from its own `last.pt`); it is refused instead (one-line error, nothing touched) when it is not
+the stage asked for now: trained with another config (its checkpoint's), run with other `task`
+settings (its saved config; a null release temperature read as its checkpoint's), or older than
+an input stage this call had to make again.
 """
 
 from __future__ import annotations
@@ -15,19 +18,29 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from ppgan.baselines import release_temperature
 from ppgan.config import compose_config
 from ppgan.engine import RunContext, load_checkpoint
-from ppgan.engine.context import LOCATION_KEYS, OUTPUT_KEYS, config_changes, training_config
+from ppgan.engine.context import (
+    LOCATION_KEYS,
+    OUTPUT_KEYS,
+    config_changes,
+    flatten_groups,
+    training_config,
+)
 from ppgan.engine.distributed import current
 from ppgan.errors import PpganError
 from ppgan.tasks import run_task
 
 log = logging.getLogger(__name__)
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
+# A stage override that is one pipeline setting, `key=${task.temperature}`.
+SETTING = re.compile(r"^\+?[\w.@/]+=\$\{([\w.]+)\}$")
 # Config groups whose choice is the pipeline's own (each stage picks its task, model, objective)
 # or an overlay of the pipeline itself; the user's choice of these does not reach the stages.
 PIPELINE_GROUPS = ("task", "model", "objective", "experiment", "hparams_search")
@@ -69,6 +82,18 @@ def user_overrides_for(stage: DictConfig, user: list[str]) -> list[str]:
     return keep
 
 
+def stage_overrides(cfg: DictConfig, name: str) -> list[str]:
+    """The overrides of stage `name` (`{stage}` placeholders left in), less those that pass on a
+    pipeline setting left null (`task.temperature: null`): the stage keeps its own default."""
+    items = cfg.task.stages[name]
+    raw = OmegaConf.to_container(items, resolve=False)
+    return [
+        item
+        for text, item in zip(raw, items)
+        if not ((m := SETTING.match(text)) and OmegaConf.select(cfg, m.group(1)) is None)
+    ]
+
+
 def stage_config(cfg: DictConfig, name: str, overrides: list[str], user: list[str]) -> DictConfig:
     """A stage's config: its task's defaults + the stage's overrides + the user's that apply +
     `task.overrides.<name>`."""
@@ -86,6 +111,33 @@ def same_stage_config(name: str, trained: dict, now: DictConfig) -> None:
         raise PpganError(
             f"hydra.run.dir: stage '{name}' finished with another config ({changes}); "
             "re-run with the original overrides or use a new run dir"
+        )
+
+
+def effective_task(cfg: DictConfig) -> dict[str, Any]:
+    """A stage's `task` settings and seed, flattened, with each null release temperature read as
+    the one its checkpoint records (`ppgan.baselines.release_temperature`): what it released at."""
+    flat = flatten_groups(cfg, ("task",))
+    for key, value in list(flat.items()):
+        if key.endswith(".temperature") and value is None:
+            ckpt = flat.get(key.removesuffix("temperature") + "checkpoint")
+            if ckpt and Path(ckpt).is_file():
+                flat[key] = release_temperature(None, load_checkpoint(ckpt), key)
+    return flat
+
+
+def same_task_settings(name: str, stage_dir: Path, saved: DictConfig, now: DictConfig) -> None:
+    """A finished stage that trains nothing (export, evaluate, explain) is reused only if it ran
+    with the `task` settings (and seed) asked for now, e.g. the release temperature or the
+    methods evaluated. A key one side lacks (another ppgan version's) reads as null there."""
+    before, after = effective_task(saved), effective_task(now)
+    keys = before.keys() | after.keys()
+    before, after = ({k: flat.get(k) for k in keys} for flat in (before, after))
+    if changes := config_changes(before, after, ()):
+        raise PpganError(
+            f"hydra.run.dir: stage '{name}' finished with other settings ({changes}); "
+            f"re-run with the original overrides, remove {stage_dir} to redo it, or use a new "
+            "run dir"
         )
 
 
@@ -109,18 +161,24 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, user: list[str]) -> dict[str, f
     synthetic = cfg.dataset.get("generator") is not None and not cfg.dataset.get("path")
     if not synthetic:
         skip.add("synthesize")
-    for name, overrides in task.stages.items():
+    made: set[str] = set()  # the stages this call runs: a finished stage after them is stale
+    for name in task.stages:
         if name == "roi_masks" and name not in skip:
             roi_masks = dirs[name] / "masks.h5"
         if name in skip:
             continue
         stage_dir = dirs[name]
-        resolved = []
-        for item in overrides:
+        resolved, inputs = [], set()
+        for item in stage_overrides(cfg, name):
             refs = PLACEHOLDER.findall(item)
             if any(ref in skip for ref in refs):
                 continue  # an input of a skipped stage (e.g. PP-SIR's checkpoint): leave it out
+            inputs.update(refs)
             resolved.append(PLACEHOLDER.sub(lambda m: str(dirs[m.group(1)]), item))
+        if synthetic and name != "synthesize":
+            inputs.add("synthesize")
+        if roi_masks is not None and name != "roi_masks":
+            inputs.add("roi_masks")
         sub = stage_config(cfg, name, resolved, user)
         if synthetic and name != "synthesize":
             sub.dataset.path = str(dirs["synthesize"] / "synthetic_iris.h5")
@@ -128,9 +186,16 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, user: list[str]) -> dict[str, f
             sub.dataset.mask_path = str(roi_masks)
         saved = stage_dir / ".hydra" / "config.yaml"
         if (stage_dir / "metrics.json").exists():
+            if remade := sorted(inputs & made):
+                raise PpganError(
+                    f"hydra.run.dir: stage '{name}' finished before its input {remade} was made "
+                    f"again; remove {stage_dir} to redo it, or use a new run dir"
+                )
             last = stage_dir / "checkpoints" / "last.pt"
             if stage_dir.is_relative_to(out_dir) and last.exists():  # a training stage of ours
                 same_stage_config(name, load_checkpoint(last).get("train_config") or {}, sub)
+            elif stage_dir.is_relative_to(out_dir) and saved.exists():  # export, evaluate, ...
+                same_task_settings(name, stage_dir, OmegaConf.load(saved), sub)
             log.info("stage %s: done, skipped (%s)", name, stage_dir)
             continue
         log.info("stage %s: task=%s -> %s", name, sub.task.name, stage_dir)
@@ -139,6 +204,7 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, user: list[str]) -> dict[str, f
         saved.parent.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(sub, saved)
         run_task(sub, stage_dir)
+        made.add(name)
     # The pipeline's metrics (for metrics.json and sweeps) are those of one stage, the evaluation.
     final = dirs.get(task.metrics_from)
     if final is None or not (final / "metrics.json").exists():

@@ -442,7 +442,7 @@ def test_rid_encoder_redraws_only_the_identity_code():
 
 
 def test_release_temperature_scales_the_posterior_noise_of_the_content(run):
-    from ppgan.baselines import Generator
+    from ppgan.baselines import Generator, release_temperature
     from ppgan.models.vae import Encoder
 
     torch.manual_seed(0)
@@ -475,20 +475,49 @@ def test_release_temperature_scales_the_posterior_noise_of_the_content(run):
         assert torch.equal(gen(batch)[:, :k], mu[:, :k])
     with pytest.raises(PpganError, match=r"task.temperature=-0.5: must be a finite number >= 0"):
         run("task=export", "task.checkpoint=none.pt", "task.temperature=-0.5", name="neg")
-    with pytest.raises(PpganError, match=r"task.temperature=None: must be a finite number >= 0"):
+    # null is the checkpoint's own temperature: accepted, and the checkpoint is what is missing
+    with pytest.raises(PpganError, match=r"task.checkpoint.*none.pt"):
         run("task=export", "task.checkpoint=none.pt", "task.temperature=null", name="null")
+    with pytest.raises(PpganError, match=r"release_temperature=-1: must be a finite number"):
+        release_temperature(None, {"release_temperature": -1}, "task.temperature")
+    assert release_temperature(None, {}, "task.temperature") == 0.0  # older checkpoints: t = 0
+    assert release_temperature(0.25, {"release_temperature": 0.5}, "task.temperature") == 0.25
+    with pytest.raises(PpganError, match=r"objective.release_temperature=-1: must be a finite"):
+        run(*GAN, "objective=pp_mir", "objective.release_temperature=-1", name="bad_t")
     with pytest.raises(PpganError, match=r"task.methods.\*.temperature=-1: must be a finite"):
         Generator("unused.pt", temperature=-1)
     with pytest.raises(PpganError, match=r"task.methods.\*.temperature=nan: must be a finite"):
         Generator("unused.pt", temperature=float("nan"))
 
 
-def test_rid_trains_its_adversary_and_releases_random_people(run, judges):
+def test_rid_trains_its_adversary_and_releases_random_people(run, judges, monkeypatch):
+    from types import SimpleNamespace
+
+    from ppgan.baselines import Generator
+
     metrics, out = run(*RID, *judge_overrides(judges), name="rid")
     for key in ("val/adaptive_acc", "val/disease_agreement", "val/score"):
         assert metrics[key] == metrics[key]
     ckpt = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
     assert ckpt["variant"] == "rid" and {"encoder", "decoder", "adversary"} <= ckpt.keys()
+    # objective=pp_rid's release temperature is recorded; what export (below) and evaluation
+    # use unless told otherwise.
+    assert ckpt["release_temperature"] == 0.5
+    used: list[float] = []
+    release = Encoder.release
+
+    def spy(self, image, mask, temperature=0.0):
+        used.append(temperature)
+        return release(self, image, mask, temperature)
+
+    monkeypatch.setattr(Encoder, "release", spy)
+    data = SimpleNamespace(shape=ckpt["encoder_spec"]["in_shape"], device="cpu")
+    ckpt_path = out / "checkpoints" / "best.pt"
+    assert Generator(str(ckpt_path)).fit(data).temperature == 0.5
+    assert Generator(str(ckpt_path), temperature=0.0).fit(data).temperature == 0.0
+    run("task=export", f"task.checkpoint={ckpt_path}", "task.temperature=0", name="e0")
+    assert used and set(used) == {0.0}
+    used.clear()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ea = EventAccumulator(str(out / "tb"))
@@ -497,9 +526,9 @@ def test_rid_trains_its_adversary_and_releases_random_people(run, judges):
         ea.Tags()["scalars"]
     )
     # Two exports of one checkpoint: the same cases drawn as different people.
-    ckpt_path = out / "checkpoints" / "best.pt"
     _, e1 = run("task=export", f"task.checkpoint={ckpt_path}", "task.splits=[test]", name="e1")
     _, e2 = run("task=export", f"task.checkpoint={ckpt_path}", "task.splits=[test]", name="e2")
+    assert used and set(used) == {0.5}  # the checkpoint's
     with h5py.File(e1 / "anonymized.h5") as a, h5py.File(e2 / "anonymized.h5") as b:
         rows_a, rows_b = (np.sort(f["images"][()].reshape(12, -1), axis=0) for f in (a, b))
         assert (rows_a != rows_b).any()
@@ -531,6 +560,11 @@ def test_configs_older_than_the_latent_term_still_match():
     assert config_changes(old, new) == ""
     assert "objective.loss.latent" in config_changes(old, new | {"objective.loss.latent": 1.0})
     assert "task.select" in config_changes(old, new | {"task.select": "last"})
+    # ... and before the weight average and the recorded release temperature: neither, t = 0.
+    new |= {"objective.ema_half_life": 0.0, "objective.release_temperature": 0.0}
+    assert config_changes(old, new) == ""
+    changed = config_changes(old, new | {"objective.release_temperature": 0.5})
+    assert changed == "objective.release_temperature: 0.0 -> 0.5"
 
 
 def test_identity_explained_variance_known_answers():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 
@@ -56,6 +57,12 @@ def test_pipeline_runs_every_stage_and_resumes(run):
     # ... and a re-run with another training config refuses to mix it with the finished stages.
     with pytest.raises(PpganError, match="stage 'disease' finished with another config"):
         run("task=pipeline", "optimizer.lr=0.002", name="pipe")
+    # A stage that trains nothing is checked too: another release temperature is another export
+    # (the finished one's null read as its checkpoint's 0.5).
+    changed = r"stage 'export_pp_rid' finished with other settings \(task.temperature: 0.5 -> 0.25"
+    with pytest.raises(PpganError, match=changed):
+        run("task=pipeline", "optimizer.lr=0.00123", "task.rid_temperature=0.25", name="pipe")
+    assert stamps == {s: (out / s / "metrics.json").stat().st_mtime for s in stages}
     # So does another budget (not part of a checkpoint's config: a run dir alone may extend).
     with pytest.raises(PpganError, match=r"stage 'pp_mir' .*task\.patience: 0 -> 1"):
         run(
@@ -64,6 +71,12 @@ def test_pipeline_runs_every_stage_and_resumes(run):
             '+task.overrides.pp_mir=["task.patience=1"]',
             name="pipe",
         )
+    # A stage made again (its dir removed) leaves the finished stages that read it stale: refused.
+    shutil.rmtree(out / "export_pp_rid")
+    stale = r"stage 'evaluate' finished before its input \['export_pp_rid'\] was made again"
+    with pytest.raises(PpganError, match=stale):
+        run("task=pipeline", "optimizer.lr=0.00123", name="pipe")
+    assert (out / "export_pp_rid" / "metrics.json").exists()
 
 
 def test_pipeline_skips_stages_and_their_inputs(run):
@@ -117,11 +130,11 @@ def test_optuna_privacy_utility_sweep(tmp_path, data_dir):
 
 def test_sweep_objectives_come_from_the_validation_split():
     """The privacy-utility sweep tunes on val; the pipeline's own final table is on test."""
-    from ppgan.pipeline import PLACEHOLDER, stage_config
+    from ppgan.pipeline import PLACEHOLDER, stage_config, stage_overrides
     from tests.conftest import make_cfg
 
     def evaluate_stage(cfg):
-        overrides = [PLACEHOLDER.sub(r"/runs/\1", o) for o in cfg.task.stages.evaluate]
+        overrides = [PLACEHOLDER.sub(r"/runs/\1", o) for o in stage_overrides(cfg, "evaluate")]
         return stage_config(cfg, "evaluate", overrides, ["debug=tiny"])
 
     sweep = make_cfg("hparams_search=privacy_utility")
@@ -132,7 +145,7 @@ def test_sweep_objectives_come_from_the_validation_split():
 
 def test_the_long_schedule_reaches_only_pp_rids_stage():
     """README's command for larger images: PP-RID's stage alone trains objective=pp_rid_long."""
-    from ppgan.pipeline import PLACEHOLDER, stage_config
+    from ppgan.pipeline import PLACEHOLDER, stage_config, stage_overrides
     from tests.conftest import make_cfg
 
     extra = '+task.overrides.pp_rid=["objective=pp_rid_long","trainer.amp=true"]'
@@ -140,7 +153,7 @@ def test_the_long_schedule_reaches_only_pp_rids_stage():
     user = ["debug=tiny", "dataset=synthetic_per_image", extra]
 
     def stage(name):
-        overrides = [PLACEHOLDER.sub(r"/runs/\1", o) for o in cfg.task.stages[name]]
+        overrides = [PLACEHOLDER.sub(r"/runs/\1", o) for o in stage_overrides(cfg, name)]
         return stage_config(cfg, name, overrides, user)
 
     rid = stage("pp_rid")
@@ -156,29 +169,62 @@ def test_the_release_temperature_reaches_export_and_evaluation_alike():
     what each generator ships is what the report scores."""
     from hydra.utils import instantiate
 
-    from ppgan.pipeline import PLACEHOLDER, stage_config
+    from ppgan.pipeline import PLACEHOLDER, stage_config, stage_overrides
     from tests.conftest import make_cfg
 
     def stage(cfg, name):
-        overrides = [PLACEHOLDER.sub(r"/runs/\1", o) for o in cfg.task.stages[name]]
+        overrides = [PLACEHOLDER.sub(r"/runs/\1", o) for o in stage_overrides(cfg, name)]
         return stage_config(cfg, name, overrides, ["debug=tiny"])
 
-    # The defaults: PP-RID released at 0.5 with its weight average, PP-MIR at the posterior mean.
+    # The defaults: PP-RID released at 0.5 with its weight average, PP-MIR at the posterior mean,
+    # each recorded by its training; export and evaluation read it from the checkpoint (null).
     cfg = make_cfg("task=pipeline")
-    assert stage(cfg, "pp_rid").objective.ema_half_life == 2.0
-    assert stage(cfg, "pp_mir").objective.ema_half_life == 0.0
-    # The 128 px preset keeps the trained generator, as measured (not chosen with the average).
+    rid, mir = stage(cfg, "pp_rid").objective, stage(cfg, "pp_mir").objective
+    assert (rid.ema_half_life, rid.release_temperature) == (2.0, 0.5)
+    assert (mir.ema_half_life, mir.release_temperature) == (0.0, 0.0)
+    # The 128 px preset keeps the trained generator at t = 0, as measured (not chosen with them).
     long = make_cfg("task=anonymizer", "model=rid_gan", "objective=pp_rid_long")
-    assert long.objective.ema_half_life == 0.0
-    for m, t in (("pp_mir", 0.0), ("pp_sir", 0.0), ("pp_rid", 0.5)):
-        assert stage(cfg, f"export_{m}").task.temperature == t
-        assert instantiate(stage(cfg, "evaluate").task.methods[m]).temperature == t
+    assert (long.objective.ema_half_life, long.objective.release_temperature) == (0.0, 0.0)
+    for m in ("pp_mir", "pp_sir", "pp_rid"):
+        assert stage(cfg, f"export_{m}").task.temperature is None
+        assert instantiate(stage(cfg, "evaluate").task.methods[m]).temperature is None
     for t, rid_t in ((0.0, 0.25), (0.25, 0.0)):
         cfg = make_cfg("task=pipeline", f"task.temperature={t}", f"task.rid_temperature={rid_t}")
         for m, want in (("pp_mir", t), ("pp_rid", rid_t)):
             assert stage(cfg, f"export_{m}").task.temperature == want
             method = stage(cfg, "evaluate").task.methods[m]
             assert instantiate(method).temperature == want
+
+
+def test_finished_stages_are_compared_by_what_they_released(tmp_path):
+    """A finished export/evaluation is reused only with the same task settings, a null release
+    temperature read as its checkpoint's: a stage saved by an older ppgan with the value spelled
+    out is the same stage, another value or another set of methods is not."""
+    from ppgan.pipeline import same_task_settings
+
+    rid, old = tmp_path / "rid.pt", tmp_path / "old.pt"
+    torch.save({"release_temperature": 0.5}, rid)
+    torch.save({}, old)  # from before checkpoints recorded it: t = 0
+
+    def cfg(checkpoint, temperature, **methods):
+        task = {"name": "export", "checkpoint": str(checkpoint), "temperature": temperature}
+        return OmegaConf.create({"seed": 0, "task": task | methods})
+
+    stage = tmp_path / "export_pp_rid"
+    for saved, now in (
+        (cfg(rid, 0.5), cfg(rid, None)),
+        (cfg(rid, None), cfg(rid, 0.5)),
+        (cfg(old, 0.0), cfg(old, None)),
+        (cfg(rid, None, methods={"a": 1}), cfg(rid, None, methods={"a": 1})),
+    ):
+        same_task_settings("export_pp_rid", stage, saved, now)  # the same release
+    for saved, now, change in (
+        (cfg(old, 0.5), cfg(old, None), "task.temperature: 0.5 -> 0.0"),
+        (cfg(rid, None), cfg(rid, 0.25), "task.temperature: 0.5 -> 0.25"),
+        (cfg(rid, None), cfg(rid, None, methods={"a": 1}), "task.methods.a: None -> 1"),
+    ):
+        with pytest.raises(PpganError, match=rf"finished with other settings \({change}\).*"):
+            same_task_settings("export_pp_rid", stage, saved, now)
 
 
 def test_pipeline_on_the_per_image_gray_three_class_shape_without_masks(run):

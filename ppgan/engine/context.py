@@ -132,7 +132,7 @@ def training_config(cfg: DictConfig) -> dict[str, Any]:
 # What a key that an older checkpoint does not record means, for `config_changes`: the value
 # that reproduces those runs (PP-RID's `latent` and `disease_feat` terms are off at 0, the
 # latent refresh period does nothing while it is off, one independent disease network, model
-# selection by the validation score), or
+# selection by the validation score, no weight average, released at the posterior mean), or
 # `UNRECORDED` for budget keys older checkpoints did not store (not compared: their budget is
 # unknown), so older run dirs resume and their finished pipeline stages are reused.
 UNRECORDED = object()
@@ -144,6 +144,7 @@ LATER_KEYS: dict[str, Any] = {
     "task.select": "best",
     "objective.ema_half_life": 0.0,
     "objective.ema_rampup": 0.5,
+    "objective.release_temperature": 0.0,
     **dict.fromkeys(BUDGET_KEYS, UNRECORDED),
 }
 

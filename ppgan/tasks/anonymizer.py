@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ppgan.baselines import check_temperature
 from ppgan.data import ImageData, load_dataset
 from ppgan.engine import (
     RunContext,
@@ -101,6 +102,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         raise PpganError(
             f"objective.variant={obj.get('variant')}: must be one of {sorted(REQUIRED_JUDGES)}"
         )
+    # Recorded in the checkpoints for task=export / task=evaluate (ppgan.baselines); checked
+    # here so that a bad value fails before training, not after it.
+    release_t = obj.get("release_temperature", 0.0)
+    check_temperature(release_t, "objective.release_temperature")
     rid = obj.variant == "rid"
     if rid and not m.encoder.get("identity_dim"):
         raise PpganError(
@@ -190,6 +195,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
 
     meta = {
         "variant": obj.variant,
+        "release_temperature": float(release_t),
         "margin": float(obj.margin),
         "n_ids": data.n_ids,
         "n_classes": data.n_classes,

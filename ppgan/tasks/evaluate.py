@@ -574,6 +574,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         node_cfg = OmegaConf.to_container(node, resolve=True)
         if node_cfg.get("checkpoint"):
             node_cfg["checkpoint"] = file_digest(node_cfg["checkpoint"])
+        if "temperature" in node_cfg and node_cfg["temperature"] is None:
+            # null: the checkpoint's, as fit resolved it (a given value keeps its key as it was,
+            # so the attackers cached for it are found again)
+            node_cfg["temperature"] = method.temperature
         keys = {"adaptive": {"data": base_key["data"], "seed": ctx.seed, "method": node_cfg}}
         if method.stochastic:
             keys["adaptive"]["draw"] = "seeded"

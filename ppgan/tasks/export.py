@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from ppgan.baselines import check_temperature
+from ppgan.baselines import check_temperature, release_temperature
 from ppgan.data import SPLITS, load_dataset
 from ppgan.data.release import export_release
 from ppgan.engine import RunContext, load_frozen_parts, run_file
@@ -28,13 +28,15 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     task = cfg.task
-    check_temperature(task.temperature, "task.temperature")
+    if task.temperature is not None:  # null: the checkpoint's own, read below
+        check_temperature(task.temperature, "task.temperature")
     out_path = run_file(out_dir, task.filename)
     ctx = RunContext(cfg, out_dir)
     data = load_dataset(cfg.dataset, require_splits=()).to(ctx.device)
-    (enc, dec), _ = load_frozen_parts(
+    (enc, dec), ckpt = load_frozen_parts(
         task.checkpoint, ("encoder", "decoder"), data.shape, ctx.device, "task.checkpoint"
     )
+    temperature = release_temperature(task.temperature, ckpt, "task.temperature")
     if bad := sorted(set(task.splits) - set(SPLITS)):
         raise PpganError(f"task.splits: unknown splits {bad} (choose from {list(SPLITS)})")
     idx = torch.cat([data.indices(s) for s in task.splits]).sort().values
@@ -46,10 +48,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             "anonymized image to its patient; use it for evaluation only"
         )
 
-    # z = mu unless task.temperature > 0: then drawn in the release's (fresh, random) row order,
-    # so every export is a new draw, as PP-RID's identity code is
+    # z = mu unless the temperature is > 0: then drawn in the release's (fresh, random) row
+    # order, so every export is a new draw, as PP-RID's identity code is
     def anonymize(b: dict) -> Tensor:
-        return dec(enc.release(b["images"], b["masks"], task.temperature))
+        return dec(enc.release(b["images"], b["masks"], temperature))
 
     real, fake = export_release(
         out_path,
@@ -64,6 +66,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     k = min(8, len(fake))
     grid = rows_grid([real[:k], fake[:k]], out_dir / "samples" / "anonymized.png")
     ctx.writer.add_image("samples/original|anonymized", grid, 0)
-    log.info("wrote %s (%d images of splits %s)", out_path, len(idx), list(task.splits))
+    log.info(
+        "wrote %s (%d images of splits %s, release temperature %g)",
+        out_path,
+        len(idx),
+        list(task.splits),
+        temperature,
+    )
     counts = {f"n_{s}": float((data.split[idx] == i).sum()) for i, s in enumerate(SPLITS)}
     return ctx.finish({"n_images": len(idx), **counts})

@@ -13,7 +13,8 @@ PY=${PYTHON:-python}
 # shellcheck disable=SC2086
 [ -f "$OUT/masks/metrics.json" ] || OMP_NUM_THREADS=1 $PY -m ppgan task=anonymizer \
     dataset=synthetic_per_image dataset.path=$M/synthesize/synthetic_iris.h5 model=rid_gan \
-    objective=pp_rid objective.ema_half_life=0 task.epochs=100 task.patience=0 trainer.amp=true \
+    objective=pp_rid objective.ema_half_life=0 objective.release_temperature=0 task.epochs=100 \
+    task.patience=0 trainer.amp=true \
     trainer.channels_last=true \
     trainer.fused_adam=true $JUDGES hydra.run.dir=$OUT/masks
 # The attackers trained on the originals (unseen identity, independent disease) and the default
