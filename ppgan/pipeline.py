@@ -119,10 +119,14 @@ def effective_task(cfg: DictConfig) -> dict[str, Any]:
     the one its checkpoint records (`ppgan.baselines.release_temperature`): what it released at."""
     flat = flatten_groups(cfg, ("task",))
     for key, value in list(flat.items()):
-        if key.endswith(".temperature") and value is None:
-            ckpt = flat.get(key.removesuffix("temperature") + "checkpoint")
-            if ckpt and Path(ckpt).is_file():
-                flat[key] = release_temperature(None, load_checkpoint(ckpt), key)
+        if not key.endswith(".temperature"):
+            continue
+        sibling = key.removesuffix("temperature") + "checkpoint"
+        ckpt = flat.get(sibling)
+        if sibling in flat and not ckpt:
+            flat[key] = None  # a method without a checkpoint is skipped: it releases nothing
+        elif value is None and ckpt and Path(ckpt).is_file():
+            flat[key] = release_temperature(None, load_checkpoint(ckpt), key)
     return flat
 
 

@@ -216,6 +216,8 @@ def test_finished_stages_are_compared_by_what_they_released(tmp_path):
         (cfg(rid, None), cfg(rid, 0.5)),
         (cfg(old, 0.0), cfg(old, None)),
         (cfg(rid, None, methods={"a": 1}), cfg(rid, None, methods={"a": 1})),
+        # a method without a checkpoint (skipped) releases nothing, whatever its temperature
+        (cfg(rid, None, pp_sir={"checkpoint": None, "temperature": 0.0}), cfg(rid, None)),
     ):
         same_task_settings("export_pp_rid", stage, saved, now)  # the same release
     for saved, now, change in (
