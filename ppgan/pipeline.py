@@ -40,7 +40,7 @@ from ppgan.tasks import run_task
 log = logging.getLogger(__name__)
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 # A stage override that is one pipeline setting, `key=${task.temperature}`.
-SETTING = re.compile(r"^\+?[\w.@/]+=\$\{([\w.]+)\}$")
+SETTING = re.compile(r"^(\+?[\w.@/]+)=\$\{([\w.]+)\}$")
 # Config groups whose choice is the pipeline's own (each stage picks its task, model, objective)
 # or an overlay of the pipeline itself; the user's choice of these does not reach the stages.
 PIPELINE_GROUPS = ("task", "model", "objective", "experiment", "hparams_search")
@@ -83,14 +83,16 @@ def user_overrides_for(stage: DictConfig, user: list[str]) -> list[str]:
 
 
 def stage_overrides(cfg: DictConfig, name: str) -> list[str]:
-    """The overrides of stage `name` (`{stage}` placeholders left in), less those that pass on a
-    pipeline setting left null (`task.temperature: null`): the stage keeps its own default."""
+    """The overrides of stage `name`, interpolations resolved (`{stage}` placeholders left in).
+    A pipeline setting left null (`task.temperature: null`) is passed as Hydra's `null`: string
+    interpolation would write it as the string 'None'."""
     items = cfg.task.stages[name]
     raw = OmegaConf.to_container(items, resolve=False)
     return [
-        item
+        f"{m.group(1)}=null"
+        if (m := SETTING.match(text)) and OmegaConf.select(cfg, m.group(2)) is None
+        else item
         for text, item in zip(raw, items)
-        if not ((m := SETTING.match(text)) and OmegaConf.select(cfg, m.group(1)) is None)
     ]
 
 
@@ -114,9 +116,10 @@ def same_stage_config(name: str, trained: dict, now: DictConfig) -> None:
         )
 
 
-def effective_task(cfg: DictConfig) -> dict[str, Any]:
+def effective_task(cfg: DictConfig, recorded: dict[str, float]) -> dict[str, Any]:
     """A stage's `task` settings and seed, flattened, with each null release temperature read as
-    the one its checkpoint records (`ppgan.baselines.release_temperature`): what it released at."""
+    the one its checkpoint records (`ppgan.baselines.release_temperature`): what it released at.
+    `recorded` caches those by checkpoint path (each checkpoint is read once)."""
     flat = flatten_groups(cfg, ("task",))
     for key, value in list(flat.items()):
         if not key.endswith(".temperature"):
@@ -126,7 +129,9 @@ def effective_task(cfg: DictConfig) -> dict[str, Any]:
         if sibling in flat and not ckpt:
             flat[key] = None  # a method without a checkpoint is skipped: it releases nothing
         elif value is None and ckpt and Path(ckpt).is_file():
-            flat[key] = release_temperature(None, load_checkpoint(ckpt), key)
+            if ckpt not in recorded:
+                recorded[ckpt] = release_temperature(None, load_checkpoint(ckpt), key)
+            flat[key] = recorded[ckpt]
     return flat
 
 
@@ -134,7 +139,8 @@ def same_task_settings(name: str, stage_dir: Path, saved: DictConfig, now: DictC
     """A finished stage that trains nothing (export, evaluate, explain) is reused only if it ran
     with the `task` settings (and seed) asked for now, e.g. the release temperature or the
     methods evaluated. A key one side lacks (another ppgan version's) reads as null there."""
-    before, after = effective_task(saved), effective_task(now)
+    recorded: dict[str, float] = {}
+    before, after = effective_task(saved, recorded), effective_task(now, recorded)
     keys = before.keys() | after.keys()
     before, after = ({k: flat.get(k) for k in keys} for flat in (before, after))
     if changes := config_changes(before, after, ()):
@@ -179,15 +185,13 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, user: list[str]) -> dict[str, f
                 continue  # an input of a skipped stage (e.g. PP-SIR's checkpoint): leave it out
             inputs.update(refs)
             resolved.append(PLACEHOLDER.sub(lambda m: str(dirs[m.group(1)]), item))
-        if synthetic and name != "synthesize":
-            inputs.add("synthesize")
-        if roi_masks is not None and name != "roi_masks":
-            inputs.add("roi_masks")
         sub = stage_config(cfg, name, resolved, user)
         if synthetic and name != "synthesize":
             sub.dataset.path = str(dirs["synthesize"] / "synthetic_iris.h5")
+            inputs.add("synthesize")
         if roi_masks is not None and name != "roi_masks":
             sub.dataset.mask_path = str(roi_masks)
+            inputs.add("roi_masks")
         saved = stage_dir / ".hydra" / "config.yaml"
         if (stage_dir / "metrics.json").exists():
             if remade := sorted(inputs & made):

@@ -128,24 +128,26 @@ def test_optuna_privacy_utility_sweep(tmp_path, data_dir):
     assert (sweep / "pareto.md").exists() and (sweep / "pareto.png").exists()
 
 
+def composed_stage(cfg, name: str, user: list[str] | None = None):
+    """Stage `name` of a pipeline config as the pipeline composes it (stage dirs under /runs)."""
+    from ppgan.pipeline import PLACEHOLDER, stage_config, stage_overrides
+
+    overrides = [PLACEHOLDER.sub(r"/runs/\1", o) for o in stage_overrides(cfg, name)]
+    return stage_config(cfg, name, overrides, user or ["debug=tiny"])
+
+
 def test_sweep_objectives_come_from_the_validation_split():
     """The privacy-utility sweep tunes on val; the pipeline's own final table is on test."""
-    from ppgan.pipeline import PLACEHOLDER, stage_config, stage_overrides
     from tests.conftest import make_cfg
 
-    def evaluate_stage(cfg):
-        overrides = [PLACEHOLDER.sub(r"/runs/\1", o) for o in stage_overrides(cfg, "evaluate")]
-        return stage_config(cfg, "evaluate", overrides, ["debug=tiny"])
-
     sweep = make_cfg("hparams_search=privacy_utility")
-    assert evaluate_stage(sweep).task.split == "val"
-    assert evaluate_stage(make_cfg("task=pipeline")).task.split == "test"
+    assert composed_stage(sweep, "evaluate").task.split == "val"
+    assert composed_stage(make_cfg("task=pipeline"), "evaluate").task.split == "test"
     assert sweep.optimized_metric == ["pp_mir/privacy_score", "pp_mir/utility_score"]
 
 
 def test_the_long_schedule_reaches_only_pp_rids_stage():
     """README's command for larger images: PP-RID's stage alone trains objective=pp_rid_long."""
-    from ppgan.pipeline import PLACEHOLDER, stage_config, stage_overrides
     from tests.conftest import make_cfg
 
     extra = '+task.overrides.pp_rid=["objective=pp_rid_long","trainer.amp=true"]'
@@ -153,8 +155,7 @@ def test_the_long_schedule_reaches_only_pp_rids_stage():
     user = ["debug=tiny", "dataset=synthetic_per_image", extra]
 
     def stage(name):
-        overrides = [PLACEHOLDER.sub(r"/runs/\1", o) for o in stage_overrides(cfg, name)]
-        return stage_config(cfg, name, overrides, user)
+        return composed_stage(cfg, name, user)
 
     rid = stage("pp_rid")
     assert (rid.task.select, rid.task.patience, rid.objective.variant) == ("last", 0, "rid")
@@ -169,13 +170,9 @@ def test_the_release_temperature_reaches_export_and_evaluation_alike():
     what each generator ships is what the report scores."""
     from hydra.utils import instantiate
 
-    from ppgan.pipeline import PLACEHOLDER, stage_config, stage_overrides
     from tests.conftest import make_cfg
 
-    def stage(cfg, name):
-        overrides = [PLACEHOLDER.sub(r"/runs/\1", o) for o in stage_overrides(cfg, name)]
-        return stage_config(cfg, name, overrides, ["debug=tiny"])
-
+    stage = composed_stage
     # The defaults: PP-RID released at 0.5 with its weight average, PP-MIR at the posterior mean,
     # each recorded by its training; export and evaluation read it from the checkpoint (null).
     cfg = make_cfg("task=pipeline")
